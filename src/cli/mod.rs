@@ -1,0 +1,2 @@
+//! Subcommands that run once and exit (the long-running `serve` lives in `server`).
+pub mod mutate;

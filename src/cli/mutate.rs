@@ -1,0 +1,244 @@
+//! `mutate`: the offline preview. Reads JobSets, Pods, Lists of them or AdmissionReviews
+//! (YAML or JSON, several documents) and prints what the webhook would store, or the patch.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::admission::{self, ClusterView};
+use crate::engine::{self, ClusterFacts, Config, Context, Denial, Mutation, ParentJobSet, Targets};
+
+#[derive(clap::Args, Debug)]
+pub struct MutateArgs {
+    /// File to read, or `-` for standard input.
+    #[arg(short = 'f', long = "filename")]
+    pub file: String,
+    /// What to print: the mutated objects (yaml, json) or the JSON Patch (patch).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Yaml)]
+    pub output: Output,
+    /// Cluster config file standing in for the one `serve --config` would read.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Labels of the objects' namespace, e.g. `restart.jobset.dev/in-place=enabled`.
+    #[arg(long = "namespace-labels", value_parser = parse_labels)]
+    pub namespace_labels: Option<Labels>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Yaml,
+    Json,
+    Patch,
+}
+
+pub type Labels = BTreeMap<String, String>;
+
+fn parse_labels(s: &str) -> Result<Labels, String> {
+    let mut out = Labels::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?} is not key=value; expected k=v[,k=v...]"))?;
+        out.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(out)
+}
+
+pub fn run(args: MutateArgs) -> anyhow::Result<ExitCode> {
+    let text = if args.file == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("reading standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file))?
+    };
+    let mut config = match &args.config {
+        Some(p) => {
+            let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Config::from_yaml(&t, &p.display().to_string())?
+        }
+        None => Config::default(),
+    };
+    // A preview shows both targets whatever the config enables for `serve`.
+    config.targets = Targets { jobsets: true, pods: true };
+
+    let docs = parse_documents(&text).with_context(|| format!("parsing {}", args.file))?;
+    let preview = Preview::new(&docs, &config, args.namespace_labels.unwrap_or_default());
+    let mut results = Vec::with_capacity(docs.len());
+    let mut failed = false;
+    for doc in &docs {
+        let label = describe(doc);
+        match preview.one(doc) {
+            Ok((object, m)) => {
+                for w in &m.warnings {
+                    eprintln!("Warning: {label}: {w}");
+                }
+                results.push((object, m));
+            }
+            Err(d) => {
+                eprintln!("error: {label}: {}", d.message);
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        return Ok(ExitCode::FAILURE);
+    }
+    let items: Vec<Value> = results
+        .into_iter()
+        .map(|(object, m)| match args.output {
+            Output::Patch => serde_json::to_value(&m.patch).unwrap_or(Value::Null),
+            _ => object,
+        })
+        .collect();
+    let out = match <[Value; 1]>::try_from(items) {
+        Ok([one]) => one,
+        Err(items) => json!({ "apiVersion": "v1", "kind": "List", "items": items }),
+    };
+    match args.output {
+        Output::Yaml => print!("{}", serde_saphyr::to_string(&out).context("writing YAML")?),
+        Output::Json | Output::Patch => println!("{}", serde_json::to_string_pretty(&out)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Splits the input into objects: a JSON stream or YAML documents; `List`s are flattened.
+pub fn parse_documents(text: &str) -> anyhow::Result<Vec<Value>> {
+    let trimmed = text.trim_start();
+    let raw: Vec<Value> = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        serde_json::Deserializer::from_str(text)
+            .into_iter::<Value>()
+            .collect::<Result<_, _>>()?
+    } else {
+        serde_saphyr::from_multiple::<Value>(text)?
+    };
+    let mut out = Vec::new();
+    for doc in raw {
+        match doc {
+            Value::Null => {}
+            Value::Object(ref o) if o.get("kind").and_then(Value::as_str) == Some("List") => {
+                if let Some(Value::Array(items)) = o.get("items") {
+                    out.extend(items.iter().cloned());
+                }
+            }
+            Value::Array(items) => out.extend(items),
+            other => out.push(other),
+        }
+    }
+    if out.is_empty() {
+        bail!("no objects in the input");
+    }
+    Ok(out)
+}
+
+fn describe(doc: &Value) -> String {
+    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("object");
+    let name = doc
+        .pointer("/metadata/name")
+        .or_else(|| doc.pointer("/request/name"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if name.is_empty() { kind.to_owned() } else { format!("{kind} {name}") }
+}
+
+/// The documents' context: JobSets in the input serve as the parents of Pods in it.
+struct Preview<'a> {
+    config: &'a Config,
+    labels: Arc<Labels>,
+    parents: BTreeMap<(String, String), ParentJobSet>,
+}
+
+impl ClusterView for Preview<'_> {
+    fn namespace_labels(&self, _: &str) -> Option<Arc<Labels>> {
+        Some(self.labels.clone())
+    }
+    fn parent_jobset(&self, namespace: &str, name: &str) -> Option<ParentJobSet> {
+        self.parents.get(&(namespace.to_owned(), name.to_owned())).cloned()
+    }
+    fn facts(&self) -> ClusterFacts {
+        ClusterFacts::default()
+    }
+}
+
+impl<'a> Preview<'a> {
+    fn new(docs: &[Value], config: &'a Config, labels: Labels) -> Self {
+        let mut parents = BTreeMap::new();
+        for d in docs.iter().filter(|d| kind_of(d) == Some("JobSet")) {
+            let ns = d.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
+            let name = d.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+            if let Ok(p) = ParentJobSet::from_jobset_json(&d.to_string()) {
+                parents.insert((ns.to_owned(), name.to_owned()), p);
+            }
+        }
+        Self { config, labels: Arc::new(labels), parents }
+    }
+
+    fn one(&self, doc: &Value) -> Result<(Value, Mutation), Denial> {
+        let ctx = Context { config: self.config, namespace_labels: Some(&self.labels), facts: ClusterFacts::default() };
+        let raw = doc.to_string();
+        let m = match kind_of(doc) {
+            Some("JobSet") => engine::mutate_jobset(&raw, &ctx)?,
+            Some("Pod") => {
+                let ns = doc.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
+                let m = engine::mutate_pod(&raw, &ctx, &|name| self.parent_jobset(ns, name));
+                if m.parent_unknown {
+                    // Offline, a pod without its JobSet in the input can only use the defaults.
+                    let defaults = ParentJobSet::default();
+                    engine::mutate_pod(&raw, &ctx, &|_| Some(defaults.clone()))
+                } else {
+                    m
+                }
+            }
+            Some("AdmissionReview") => return self.review(doc),
+            _ => Mutation::default(),
+        };
+        Ok((apply(doc, &m)?, m))
+    }
+
+    /// An AdmissionReview goes through the same code as the webhook; the printed object is
+    /// `request.object` with the answer's patch applied.
+    fn review(&self, doc: &Value) -> Result<(Value, Mutation), Denial> {
+        let bad = |message: String| Denial { code: 400, message };
+        let answer = admission::review(doc.to_string().as_bytes(), self.config, self)
+            .map_err(|e| bad(e.to_string()))?;
+        let resp: Value = serde_json::from_slice(&answer.body).map_err(|e| bad(e.to_string()))?;
+        let r = &resp["response"];
+        if r["allowed"] != Value::Bool(true) {
+            return Err(Denial {
+                code: r.pointer("/status/code").and_then(Value::as_u64).and_then(|c| u16::try_from(c).ok()).unwrap_or(403),
+                message: r.pointer("/status/message").and_then(Value::as_str).unwrap_or("denied").to_owned(),
+            });
+        }
+        let patch: Vec<json_patch::PatchOperation> = match r.get("patch").and_then(Value::as_str) {
+            Some(b64) => {
+                let bytes = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| bad(e.to_string()))?;
+                serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?
+            }
+            None => Vec::new(),
+        };
+        let warnings = r.get("warnings").and_then(Value::as_array).map(|w| w.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default();
+        let summary = r.pointer("/auditAnnotations/applied").and_then(Value::as_str).map(str::to_owned);
+        let m = Mutation { patch, warnings, summary, parent_unknown: false };
+        let object = doc.pointer("/request/object").cloned().unwrap_or(Value::Null);
+        Ok((apply(&object, &m)?, m))
+    }
+}
+
+fn kind_of(doc: &Value) -> Option<&str> {
+    doc.get("kind").and_then(Value::as_str)
+}
+
+fn apply(doc: &Value, m: &Mutation) -> Result<Value, Denial> {
+    let mut out = doc.clone();
+    json_patch::patch(&mut out, &m.patch).map_err(|e| Denial {
+        code: 500,
+        message: format!("internal error: the computed patch does not apply: {e}"),
+    })?;
+    Ok(out)
+}

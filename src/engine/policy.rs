@@ -1,0 +1,337 @@
+//! Policy resolution (SPEC §5): for one replicated job (or one pod), decide whether in-place
+//! restart applies and with which rule. Precedence, highest first: replicated-job annotations,
+//! JobSet annotations, the preset named by them, the namespace label, the cluster config.
+
+use std::collections::BTreeMap;
+
+use super::annotations::{
+    ACTION, Action, AnnotationError, Annotations, ExitCodes, IN_PLACE, InPlace, PRESET, Scope,
+    Settings, quote,
+};
+use super::config::Config;
+
+/// What the webhook knows about the cluster it runs in. `None` means "not probed" (offline
+/// `mutate`, or `serve` without credentials); the engine then trusts the config.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterFacts {
+    /// Whether the API server accepts the `RestartAllContainers` action.
+    pub restart_all_containers: Option<bool>,
+    /// Whether the installed JobSet CRD keeps `restartPolicyRules` (older CRDs prune them).
+    pub jobset_crd_keeps_rules: Option<bool>,
+}
+
+/// The label on a Namespace that sets the default for JobSets in it.
+pub const NAMESPACE_LABEL: &str = IN_PLACE;
+
+/// The rule to inject into one pod spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub action: Action,
+    pub exit_codes: ExitCodes,
+    /// `None`: every regular container. `Some`: exactly the named containers and sidecars.
+    pub containers: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Disabled,
+    Enabled(Resolved),
+}
+
+/// The inputs of one resolution.
+pub struct Inputs<'a> {
+    pub jobset: &'a Annotations,
+    /// `None` for a pod whose replicated job is unknown, or has no annotations.
+    pub replicated_job: Option<(&'a str, &'a Annotations)>,
+    pub namespace: Option<InPlace>,
+    pub config: &'a Config,
+    pub facts: ClusterFacts,
+}
+
+/// Reads the namespace default from a namespace's labels. A label value that is not one of
+/// ours is the admin's mistake, not the user's: it is ignored with a warning.
+pub fn namespace_default(
+    labels: Option<&BTreeMap<String, String>>,
+) -> (Option<InPlace>, Option<String>) {
+    let Some(value) = labels.and_then(|l| l.get(NAMESPACE_LABEL)) else {
+        return (None, None);
+    };
+    match InPlace::parse(value) {
+        Some(v) => (Some(v), None),
+        None => (
+            None,
+            Some(format!(
+                "namespace label {NAMESPACE_LABEL}={} is ignored: allowed values are {}",
+                quote(value),
+                InPlace::ALLOWED
+            )),
+        ),
+    }
+}
+
+/// Resolves the decision for one replicated job. Warnings are appended to `warnings`.
+pub fn resolve(inputs: &Inputs<'_>, warnings: &mut Vec<String>) -> Result<Decision, AnnotationError> {
+    let rjob = inputs.replicated_job.map(|(_, a)| a);
+    // A preset named on the replicated job replaces one named on the JobSet.
+    let (preset_name, preset_scope) = match rjob.and_then(|a| a.preset.as_deref()) {
+        Some(name) => (Some(name), inputs.replicated_job.map(|(n, _)| Scope::ReplicatedJob(n.to_owned()))),
+        None => (inputs.jobset.preset.as_deref(), Some(Scope::JobSet)),
+    };
+    let preset: Option<&Settings> = match preset_name {
+        None => None,
+        Some(name) => match inputs.config.presets.get(name) {
+            Some(p) => Some(p),
+            None => {
+                let defined: Vec<&str> = inputs.config.presets.keys().map(String::as_str).collect();
+                let problem = if defined.is_empty() {
+                    "no such preset; the cluster config defines no presets".to_owned()
+                } else {
+                    format!("no such preset; the cluster config defines: {}", defined.join(", "))
+                };
+                return Err(AnnotationError::new(
+                    &preset_scope.unwrap_or(Scope::JobSet),
+                    PRESET,
+                    name,
+                    problem,
+                ));
+            }
+        },
+    };
+
+    // The explicit layers, in precedence order; `None` entries are skipped.
+    let explicit: [Option<&Settings>; 3] = [rjob.map(|a| &a.settings), Some(&inputs.jobset.settings), preset];
+    let pick = |f: &dyn Fn(&Settings) -> bool| explicit.iter().flatten().copied().find(|s| f(s));
+
+    let in_place = explicit
+        .iter()
+        .flatten()
+        .find_map(|s| s.in_place)
+        .or(inputs.namespace)
+        .or(inputs.config.defaults.in_place)
+        .unwrap_or(InPlace::Disabled);
+    if in_place == InPlace::Disabled {
+        if let Some(name) = preset_name {
+            warnings.push(format!(
+                "preset {} is named, but in-place restart resolves to disabled here (namespace \
+                 or cluster default); set {IN_PLACE}: enabled to opt in",
+                quote(name)
+            ));
+        }
+        return Ok(Decision::Disabled);
+    }
+
+    let explicit_action = pick(&|s| s.action.is_some()).and_then(|s| s.action);
+    let action = match (explicit_action, inputs.facts.restart_all_containers) {
+        (Some(Action::RestartAllContainers), Some(false)) => {
+            let (scope, key, value) = if rjob.and_then(|a| a.settings.action).is_some()
+                || inputs.jobset.settings.action.is_some()
+            {
+                let scope = match rjob.and_then(|a| a.settings.action) {
+                    Some(_) => inputs.replicated_job.map(|(n, _)| Scope::ReplicatedJob(n.to_owned())),
+                    None => Some(Scope::JobSet),
+                };
+                (scope.unwrap_or(Scope::JobSet), ACTION, Action::RestartAllContainers.as_str())
+            } else {
+                (preset_scope.unwrap_or(Scope::JobSet), PRESET, preset_name.unwrap_or_default())
+            };
+            return Err(AnnotationError::new(
+                &scope,
+                key,
+                value,
+                "this cluster's API server does not accept the RestartAllContainers action (it \
+                 needs Kubernetes 1.35+ with the RestartAllContainersOnContainerExits feature \
+                 gate, on by default from 1.36), so every child Job would be rejected; use \
+                 Restart",
+            ));
+        }
+        (Some(a), _) => a,
+        (None, supported) => match (inputs.config.defaults.action, supported) {
+            (Some(Action::RestartAllContainers), Some(false)) => {
+                warnings.push(
+                    "the cluster default action RestartAllContainers is not supported by this \
+                     API server; using Restart"
+                        .to_owned(),
+                );
+                Action::Restart
+            }
+            (Some(a), _) => a,
+            (None, Some(false)) => Action::Restart,
+            (None, _) => Action::RestartAllContainers,
+        },
+    };
+
+    let exit_codes = pick(&|s| s.exit_codes.is_some())
+        .and_then(|s| s.exit_codes.clone())
+        .or_else(|| inputs.config.defaults.exit_codes.clone())
+        .unwrap_or_else(ExitCodes::any_failure);
+    let containers = pick(&|s| s.containers.is_some())
+        .and_then(|s| s.containers.clone())
+        .or_else(|| inputs.config.defaults.containers.clone());
+
+    Ok(Decision::Enabled(Resolved {
+        action,
+        exit_codes,
+        containers,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::annotations::{self, Operator};
+
+    fn ann(pairs: &[(&str, &str)]) -> Annotations {
+        annotations::parse(pairs.iter().copied(), &Scope::JobSet).unwrap()
+    }
+
+    fn config(yaml: &str) -> Config {
+        Config::from_yaml(yaml, "test").unwrap()
+    }
+
+    fn run(
+        js: &Annotations,
+        rj: Option<&Annotations>,
+        ns: Option<InPlace>,
+        cfg: &Config,
+        facts: ClusterFacts,
+    ) -> (Result<Decision, AnnotationError>, Vec<String>) {
+        let mut w = Vec::new();
+        let inputs = Inputs {
+            jobset: js,
+            replicated_job: rj.map(|a| ("workers", a)),
+            namespace: ns,
+            config: cfg,
+            facts,
+        };
+        (resolve(&inputs, &mut w), w)
+    }
+
+    fn enabled(d: Result<Decision, AnnotationError>) -> Resolved {
+        match d {
+            Ok(Decision::Enabled(r)) => r,
+            other => panic!("expected enabled, got {other:?}"),
+        }
+    }
+
+    const EN: (&str, &str) = ("restart.jobset.dev/in-place", "enabled");
+    const DIS: (&str, &str) = ("restart.jobset.dev/in-place", "disabled");
+
+    #[test]
+    fn default_is_disabled() {
+        let (d, _) = run(&ann(&[]), None, None, &Config::default(), ClusterFacts::default());
+        assert_eq!(d.unwrap(), Decision::Disabled);
+    }
+
+    #[test]
+    fn jobset_opt_in_uses_builtin_defaults() {
+        let r = enabled(run(&ann(&[EN]), None, None, &Config::default(), ClusterFacts::default()).0);
+        assert_eq!(r.action, Action::RestartAllContainers);
+        assert_eq!(r.exit_codes, ExitCodes::any_failure());
+        assert_eq!(r.containers, None);
+    }
+
+    #[test]
+    fn namespace_label_enables_and_jobset_disabled_wins() {
+        let cfg = Config::default();
+        assert!(matches!(run(&ann(&[]), None, Some(InPlace::Enabled), &cfg, ClusterFacts::default()).0, Ok(Decision::Enabled(_))));
+        assert_eq!(run(&ann(&[DIS]), None, Some(InPlace::Enabled), &cfg, ClusterFacts::default()).0.unwrap(), Decision::Disabled);
+    }
+
+    #[test]
+    fn namespace_label_beats_cluster_default() {
+        let cfg = config("defaults: {inPlace: enabled}");
+        assert!(matches!(run(&ann(&[]), None, None, &cfg, ClusterFacts::default()).0, Ok(Decision::Enabled(_))));
+        assert_eq!(run(&ann(&[]), None, Some(InPlace::Disabled), &cfg, ClusterFacts::default()).0.unwrap(), Decision::Disabled);
+    }
+
+    #[test]
+    fn replicated_job_overrides_jobset() {
+        let cfg = Config::default();
+        let js = ann(&[EN, ("restart.jobset.dev/action", "Restart"), ("restart.jobset.dev/on-exit-codes", "42")]);
+        let rj = ann(&[("restart.jobset.dev/on-exit-codes", "7")]);
+        let r = enabled(run(&js, Some(&rj), None, &cfg, ClusterFacts::default()).0);
+        assert_eq!(r.action, Action::Restart, "inherited from the JobSet");
+        assert_eq!(r.exit_codes.values(), &[7], "replicated job wins");
+        // and the replicated job may opt out of an enabled JobSet, or into a disabled one
+        assert_eq!(run(&js, Some(&ann(&[DIS])), None, &cfg, ClusterFacts::default()).0.unwrap(), Decision::Disabled);
+        assert!(matches!(run(&ann(&[DIS]), Some(&ann(&[EN])), None, &cfg, ClusterFacts::default()).0, Ok(Decision::Enabled(_))));
+    }
+
+    #[test]
+    fn jobset_keys_beat_preset_and_preset_beats_namespace_and_cluster() {
+        let cfg = config(
+            "defaults: {action: Restart, onExitCodes: '1', containers: [main]}\n\
+             presets:\n  fast: {inPlace: enabled, action: RestartAllContainers, onExitCodes: '42,43'}\n",
+        );
+        let js = ann(&[("restart.jobset.dev/preset", "fast")]);
+        let r = enabled(run(&js, None, Some(InPlace::Disabled), &cfg, ClusterFacts::default()).0);
+        assert_eq!(r.action, Action::RestartAllContainers, "preset beats cluster");
+        assert_eq!(r.exit_codes.values(), &[42, 43]);
+        assert_eq!(r.containers.as_deref().unwrap(), ["main"], "cluster fills what the preset leaves");
+        let js = ann(&[("restart.jobset.dev/preset", "fast"), ("restart.jobset.dev/except-exit-codes", "0,1")]);
+        let r = enabled(run(&js, None, None, &cfg, ClusterFacts::default()).0);
+        assert_eq!(r.exit_codes.operator, Operator::NotIn, "explicit key beats the preset");
+        assert_eq!(r.exit_codes.values(), &[0, 1]);
+    }
+
+    #[test]
+    fn preset_on_replicated_job_replaces_jobset_preset() {
+        let cfg = config("presets:\n  a: {inPlace: enabled, onExitCodes: '1'}\n  b: {onExitCodes: '2'}\n");
+        let js = ann(&[("restart.jobset.dev/preset", "a")]);
+        let rj = ann(&[("restart.jobset.dev/preset", "b")]);
+        let (d, _) = run(&js, Some(&rj), Some(InPlace::Enabled), &cfg, ClusterFacts::default());
+        assert_eq!(enabled(d).exit_codes.values(), &[2]);
+    }
+
+    #[test]
+    fn unknown_preset_is_an_error_listing_the_defined_ones() {
+        let cfg = config("presets:\n  a: {}\n  b: {}\n");
+        let (d, _) = run(&ann(&[("restart.jobset.dev/preset", "c")]), None, None, &cfg, ClusterFacts::default());
+        assert_eq!(d.unwrap_err().to_string(), "restart.jobset.dev/preset: \"c\": no such preset; the cluster config defines: a, b");
+        let (d, _) = run(&ann(&[]), Some(&ann(&[("restart.jobset.dev/preset", "c")])), None, &Config::default(), ClusterFacts::default());
+        assert_eq!(d.unwrap_err().to_string(), "replicated job \"workers\": restart.jobset.dev/preset: \"c\": no such preset; the cluster config defines no presets");
+    }
+
+    #[test]
+    fn preset_named_while_disabled_warns() {
+        let cfg = config("presets:\n  a: {onExitCodes: '1'}\n");
+        let (d, w) = run(&ann(&[("restart.jobset.dev/preset", "a")]), None, None, &cfg, ClusterFacts::default());
+        assert_eq!(d.unwrap(), Decision::Disabled);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("resolves to disabled"), "{w:?}");
+    }
+
+    #[test]
+    fn action_follows_cluster_capability() {
+        let no_rac = ClusterFacts { restart_all_containers: Some(false), ..Default::default() };
+        let yes_rac = ClusterFacts { restart_all_containers: Some(true), ..Default::default() };
+        let cfg = Config::default();
+        assert_eq!(enabled(run(&ann(&[EN]), None, None, &cfg, no_rac).0).action, Action::Restart);
+        assert_eq!(enabled(run(&ann(&[EN]), None, None, &cfg, yes_rac).0).action, Action::RestartAllContainers);
+        // a config default that the cluster cannot honour degrades with a warning
+        let cfg_rac = config("defaults: {action: RestartAllContainers}");
+        let (d, w) = run(&ann(&[EN]), None, None, &cfg_rac, no_rac);
+        assert_eq!(enabled(d).action, Action::Restart);
+        assert_eq!(w.len(), 1);
+        // an explicit request that the cluster cannot honour is denied
+        let js = ann(&[EN, ("restart.jobset.dev/action", "RestartAllContainers")]);
+        let e = run(&js, None, None, &cfg, no_rac).0.unwrap_err();
+        assert!(e.to_string().starts_with("restart.jobset.dev/action: \"RestartAllContainers\": this cluster's API server does not accept"), "{e}");
+        let cfg_p = config("presets:\n  p: {action: RestartAllContainers}\n");
+        let e = run(&ann(&[EN, ("restart.jobset.dev/preset", "p")]), None, None, &cfg_p, no_rac).0.unwrap_err();
+        assert!(e.to_string().starts_with("restart.jobset.dev/preset: \"p\": this cluster"), "{e}");
+    }
+
+    #[test]
+    fn namespace_label_values() {
+        let mut labels = BTreeMap::new();
+        assert_eq!(namespace_default(None), (None, None));
+        assert_eq!(namespace_default(Some(&labels)), (None, None));
+        labels.insert(NAMESPACE_LABEL.to_owned(), "enabled".to_owned());
+        assert_eq!(namespace_default(Some(&labels)).0, Some(InPlace::Enabled));
+        labels.insert(NAMESPACE_LABEL.to_owned(), "on".to_owned());
+        let (v, w) = namespace_default(Some(&labels));
+        assert_eq!(v, None);
+        assert!(w.unwrap().contains("is ignored"));
+    }
+}

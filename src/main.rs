@@ -1,0 +1,40 @@
+//! The `jobset-restart-webhook` binary: parses the command line and calls into the library.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use jobset_restart_webhook::{certs, cli, server};
+
+#[derive(Parser)]
+#[command(name = "jobset-restart-webhook", version, about = "Mutating admission webhook that gives JobSets in-place container restarts")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the admission webhook (HTTPS) and its admin port (metrics, health).
+    Serve(server::ServeArgs),
+    /// Preview the mutation offline: read JobSets/Pods/AdmissionReviews, print the result.
+    Mutate(cli::mutate::MutateArgs),
+    /// Write a CA and a serving certificate for the webhook's Service.
+    Certs(certs::CertsArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => server::run(args),
+        Command::Mutate(args) => cli::mutate::run(args),
+        Command::Certs(args) => certs::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

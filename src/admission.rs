@@ -135,8 +135,13 @@ struct Gvk<'a> {
 }
 
 /// Answers one review body.
-pub fn review(body: &[u8], config: &Config, cluster: &dyn ClusterView) -> Result<Answer, BadReview> {
-    let text = std::str::from_utf8(body).map_err(|e| BadReview::NotJson(format!("not UTF-8: {e}")))?;
+pub fn review(
+    body: &[u8],
+    config: &Config,
+    cluster: &dyn ClusterView,
+) -> Result<Answer, BadReview> {
+    let text =
+        std::str::from_utf8(body).map_err(|e| BadReview::NotJson(format!("not UTF-8: {e}")))?;
     let review: ReviewIn<'_> = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
             BadReview::NotAReview(e.to_string())
@@ -160,7 +165,11 @@ pub fn review(body: &[u8], config: &Config, cluster: &dyn ClusterView) -> Result
             let ops = m.patch.len();
             let n_warn = m.warnings.len();
             let unknown = m.parent_unknown;
-            let outcome = if ops > 0 { Outcome::Patched } else { Outcome::Allowed };
+            let outcome = if ops > 0 {
+                Outcome::Patched
+            } else {
+                Outcome::Allowed
+            };
             (allowed(&req.uid, m), outcome, ops, n_warn, unknown)
         }
         Err(d) => (denied(&req.uid, &d), Outcome::Denied, 0, 0, false),
@@ -184,7 +193,12 @@ pub fn review(body: &[u8], config: &Config, cluster: &dyn ClusterView) -> Result
     })
 }
 
-fn dispatch(req: &RequestIn<'_>, namespace: &str, config: &Config, cluster: &dyn ClusterView) -> Result<Mutation, Denial> {
+fn dispatch(
+    req: &RequestIn<'_>,
+    namespace: &str,
+    config: &Config,
+    cluster: &dyn ClusterView,
+) -> Result<Mutation, Denial> {
     if req.operation != "CREATE" {
         return Ok(Mutation::default());
     }
@@ -205,7 +219,9 @@ fn dispatch(req: &RequestIn<'_>, namespace: &str, config: &Config, cluster: &dyn
     if is_jobset {
         engine::mutate_jobset(object.get(), &ctx)
     } else {
-        Ok(engine::mutate_pod(object.get(), &ctx, &|name| cluster.parent_jobset(namespace, name)))
+        Ok(engine::mutate_pod(object.get(), &ctx, &|name| {
+            cluster.parent_jobset(namespace, name)
+        }))
     }
 }
 
@@ -218,7 +234,10 @@ fn allowed(uid: &str, m: Mutation) -> Value {
         // array instead, which is why the response is built here.
         let bytes = serde_json::to_vec(&m.patch).unwrap_or_default();
         r.insert("patchType".into(), json!("JSONPatch"));
-        r.insert("patch".into(), json!(base64::engine::general_purpose::STANDARD.encode(bytes)));
+        r.insert(
+            "patch".into(),
+            json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        );
     }
     if !m.warnings.is_empty() {
         r.insert("warnings".into(), json!(fold_warnings(m.warnings)));
@@ -256,8 +275,14 @@ impl fmt::Display for Record {
         write!(
             f,
             "{} {} {}/{} {}: {} ({} ops, {} warnings)",
-            self.uid, self.kind, self.namespace, self.name, self.operation,
-            self.outcome.as_str(), self.patch_ops, self.warnings
+            self.uid,
+            self.kind,
+            self.namespace,
+            self.name,
+            self.operation,
+            self.outcome.as_str(),
+            self.patch_ops,
+            self.warnings
         )
     }
 }

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use jobset_restart_webhook::{certs, cli, server};
 
 #[derive(Parser)]
-#[command(name = "jobset-restart-webhook", version, about = "Mutating admission webhook that gives JobSets in-place container restarts")]
+#[command(
+    name = "jobset-restart-webhook",
+    version,
+    about = "Mutating admission webhook that gives JobSets in-place container restarts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -53,20 +53,26 @@ fn parse_labels(s: &str) -> Result<Labels, String> {
 pub fn run(args: MutateArgs) -> anyhow::Result<ExitCode> {
     let text = if args.file == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading standard input")?;
         s
     } else {
         std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file))?
     };
     let mut config = match &args.config {
         Some(p) => {
-            let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let t =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             Config::from_yaml(&t, &p.display().to_string())?
         }
         None => Config::default(),
     };
     // A preview shows both targets whatever the config enables for `serve`.
-    config.targets = Targets { jobsets: true, pods: true };
+    config.targets = Targets {
+        jobsets: true,
+        pods: true,
+    };
 
     let docs = parse_documents(&text).with_context(|| format!("parsing {}", args.file))?;
     let preview = Preview::new(&docs, &config, args.namespace_labels.unwrap_or_default());
@@ -144,7 +150,11 @@ fn describe(doc: &Value) -> String {
         .or_else(|| doc.pointer("/request/name"))
         .and_then(Value::as_str)
         .unwrap_or("");
-    if name.is_empty() { kind.to_owned() } else { format!("{kind} {name}") }
+    if name.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind} {name}")
+    }
 }
 
 /// The documents' context: JobSets in the input serve as the parents of Pods in it.
@@ -159,7 +169,9 @@ impl ClusterView for Preview<'_> {
         Some(self.labels.clone())
     }
     fn parent_jobset(&self, namespace: &str, name: &str) -> Option<ParentJobSet> {
-        self.parents.get(&(namespace.to_owned(), name.to_owned())).cloned()
+        self.parents
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
     }
     fn facts(&self) -> ClusterFacts {
         ClusterFacts::default()
@@ -170,22 +182,39 @@ impl<'a> Preview<'a> {
     fn new(docs: &[Value], config: &'a Config, labels: Labels) -> Self {
         let mut parents = BTreeMap::new();
         for d in docs.iter().filter(|d| kind_of(d) == Some("JobSet")) {
-            let ns = d.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
-            let name = d.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+            let ns = d
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("default");
+            let name = d
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if let Ok(p) = ParentJobSet::from_jobset_json(&d.to_string()) {
                 parents.insert((ns.to_owned(), name.to_owned()), p);
             }
         }
-        Self { config, labels: Arc::new(labels), parents }
+        Self {
+            config,
+            labels: Arc::new(labels),
+            parents,
+        }
     }
 
     fn one(&self, doc: &Value) -> Result<(Value, Mutation), Denial> {
-        let ctx = Context { config: self.config, namespace_labels: Some(&self.labels), facts: ClusterFacts::default() };
+        let ctx = Context {
+            config: self.config,
+            namespace_labels: Some(&self.labels),
+            facts: ClusterFacts::default(),
+        };
         let raw = doc.to_string();
         let m = match kind_of(doc) {
             Some("JobSet") => engine::mutate_jobset(&raw, &ctx)?,
             Some("Pod") => {
-                let ns = doc.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
+                let ns = doc
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
                 let m = engine::mutate_pod(&raw, &ctx, &|name| self.parent_jobset(ns, name));
                 if m.parent_unknown {
                     // Offline, a pod without its JobSet in the input can only use the defaults.
@@ -211,21 +240,50 @@ impl<'a> Preview<'a> {
         let r = &resp["response"];
         if r["allowed"] != Value::Bool(true) {
             return Err(Denial {
-                code: r.pointer("/status/code").and_then(Value::as_u64).and_then(|c| u16::try_from(c).ok()).unwrap_or(403),
-                message: r.pointer("/status/message").and_then(Value::as_str).unwrap_or("denied").to_owned(),
+                code: r
+                    .pointer("/status/code")
+                    .and_then(Value::as_u64)
+                    .and_then(|c| u16::try_from(c).ok())
+                    .unwrap_or(403),
+                message: r
+                    .pointer("/status/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("denied")
+                    .to_owned(),
             });
         }
         let patch: Vec<json_patch::PatchOperation> = match r.get("patch").and_then(Value::as_str) {
             Some(b64) => {
-                let bytes = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| bad(e.to_string()))?;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|e| bad(e.to_string()))?;
                 serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?
             }
             None => Vec::new(),
         };
-        let warnings = r.get("warnings").and_then(Value::as_array).map(|w| w.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()).unwrap_or_default();
-        let summary = r.pointer("/auditAnnotations/applied").and_then(Value::as_str).map(str::to_owned);
-        let m = Mutation { patch, warnings, summary, parent_unknown: false };
-        let object = doc.pointer("/request/object").cloned().unwrap_or(Value::Null);
+        let warnings = r
+            .get("warnings")
+            .and_then(Value::as_array)
+            .map(|w| {
+                w.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let summary = r
+            .pointer("/auditAnnotations/applied")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let m = Mutation {
+            patch,
+            warnings,
+            summary,
+            parent_unknown: false,
+        };
+        let object = doc
+            .pointer("/request/object")
+            .cloned()
+            .unwrap_or(Value::Null);
         Ok((apply(&object, &m)?, m))
     }
 }

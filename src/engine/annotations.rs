@@ -150,7 +150,9 @@ const EXIT_CODES_ALLOWED: &str = "exit codes (0-255) or ranges a-b, separated by
 /// The `Err` is the problem alone; callers add the key and value around it.
 pub fn parse_exit_codes(spec: &str) -> Result<Vec<u8>, String> {
     if spec.trim().is_empty() {
-        return Err(format!("no exit codes given; expected {EXIT_CODES_ALLOWED}"));
+        return Err(format!(
+            "no exit codes given; expected {EXIT_CODES_ALLOWED}"
+        ));
     }
     let mut seen = [false; 256];
     for raw_item in spec.split(',') {
@@ -240,9 +242,7 @@ pub fn parse_names(spec: &str, what: &str) -> Result<Vec<String>, String> {
     for raw in spec.split(',') {
         let name = raw.trim();
         if name.is_empty() {
-            return Err(format!(
-                "empty item; expected a comma list of {what} names"
-            ));
+            return Err(format!("empty item; expected a comma list of {what} names"));
         }
         if !is_dns_label(name) {
             return Err(format!(
@@ -390,7 +390,9 @@ where
             PRESET => {
                 let name = value.trim();
                 if name.is_empty() {
-                    return Err(err("empty preset name; name a preset of the cluster config".into()));
+                    return Err(err(
+                        "empty preset name; name a preset of the cluster config".into(),
+                    ));
                 }
                 out.preset = Some(name.to_owned());
             }
@@ -447,36 +449,99 @@ mod tests {
     #[test]
     fn exit_code_errors_name_the_item_and_the_rule() {
         let cases = [
-            ("", "no exit codes given; expected exit codes (0-255) or ranges a-b, separated by commas"),
-            ("   ", "no exit codes given; expected exit codes (0-255) or ranges a-b, separated by commas"),
-            ("1,,2", "empty item; expected exit codes (0-255) or ranges a-b, separated by commas"),
+            (
+                "",
+                "no exit codes given; expected exit codes (0-255) or ranges a-b, separated by commas",
+            ),
+            (
+                "   ",
+                "no exit codes given; expected exit codes (0-255) or ranges a-b, separated by commas",
+            ),
+            (
+                "1,,2",
+                "empty item; expected exit codes (0-255) or ranges a-b, separated by commas",
+            ),
             ("256", r#""256" is out of range: exit codes are 0-255"#),
-            ("4294967295", r#""4294967295" is out of range: exit codes are 0-255"#),
-            ("99999999999999999999999", r#""99999999999999999999999" is out of range: exit codes are 0-255"#),
-            ("0-4294967295", r#""0-4294967295": "4294967295" is out of range: exit codes are 0-255"#),
+            (
+                "4294967295",
+                r#""4294967295" is out of range: exit codes are 0-255"#,
+            ),
+            (
+                "99999999999999999999999",
+                r#""99999999999999999999999" is out of range: exit codes are 0-255"#,
+            ),
+            (
+                "0-4294967295",
+                r#""0-4294967295": "4294967295" is out of range: exit codes are 0-255"#,
+            ),
             ("-1", r#""-1" is not an exit code (0-255) or range a-b"#),
             ("+5", r#""+5" is not an exit code (0-255) or range a-b"#),
             ("1.5", r#""1.5" is not an exit code (0-255) or range a-b"#),
-            ("1-2-3", r#""1-2-3" is not an exit code (0-255) or range a-b"#),
-            ("143-128", r#""143-128": a range a-b needs a <= b, and 143 > 128"#),
-            ("0-255", "expands to 256 exit codes, and the API allows at most 255 (use except-exit-codes for the complement)"),
+            (
+                "1-2-3",
+                r#""1-2-3" is not an exit code (0-255) or range a-b"#,
+            ),
+            (
+                "143-128",
+                r#""143-128": a range a-b needs a <= b, and 143 > 128"#,
+            ),
+            (
+                "0-255",
+                "expands to 256 exit codes, and the API allows at most 255 (use except-exit-codes for the complement)",
+            ),
         ];
         for (input, want) in cases {
-            assert_eq!(parse_exit_codes(input).unwrap_err(), want, "input {input:?}");
+            assert_eq!(
+                parse_exit_codes(input).unwrap_err(),
+                want,
+                "input {input:?}"
+            );
         }
     }
 
     #[test]
     fn every_key_rejects_bad_values_with_allowed_set() {
         let cases = [
-            (IN_PLACE, "yes", "restart.jobset.dev/in-place: \"yes\": allowed values are enabled, disabled, true or false"),
-            (ACTION, "RestartPod", "restart.jobset.dev/action: \"RestartPod\": allowed values are Restart or RestartAllContainers"),
-            (EXCEPT_EXIT_CODES, "x", "restart.jobset.dev/except-exit-codes: \"x\": \"x\" is not an exit code (0-255) or range a-b"),
-            (CONTAINERS, "Trainer", "restart.jobset.dev/containers: \"Trainer\": \"Trainer\" is not a valid container name (lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)"),
-            (CONTAINERS, "a,,b", "restart.jobset.dev/containers: \"a,,b\": empty item; expected a comma list of container names"),
-            (REPLICATED_JOBS, "-x", "restart.jobset.dev/replicated-jobs: \"-x\": \"-x\" is not a valid replicated job name (lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)"),
-            (PRESET, " ", "restart.jobset.dev/preset: \" \": empty preset name; name a preset of the cluster config"),
-            ("restart.jobset.dev/in-plce", "enabled", "restart.jobset.dev/in-plce: \"enabled\": unknown annotation; the keys under restart.jobset.dev/ are in-place, action, on-exit-codes, except-exit-codes, containers, replicated-jobs, preset"),
+            (
+                IN_PLACE,
+                "yes",
+                "restart.jobset.dev/in-place: \"yes\": allowed values are enabled, disabled, true or false",
+            ),
+            (
+                ACTION,
+                "RestartPod",
+                "restart.jobset.dev/action: \"RestartPod\": allowed values are Restart or RestartAllContainers",
+            ),
+            (
+                EXCEPT_EXIT_CODES,
+                "x",
+                "restart.jobset.dev/except-exit-codes: \"x\": \"x\" is not an exit code (0-255) or range a-b",
+            ),
+            (
+                CONTAINERS,
+                "Trainer",
+                "restart.jobset.dev/containers: \"Trainer\": \"Trainer\" is not a valid container name (lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)",
+            ),
+            (
+                CONTAINERS,
+                "a,,b",
+                "restart.jobset.dev/containers: \"a,,b\": empty item; expected a comma list of container names",
+            ),
+            (
+                REPLICATED_JOBS,
+                "-x",
+                "restart.jobset.dev/replicated-jobs: \"-x\": \"-x\" is not a valid replicated job name (lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)",
+            ),
+            (
+                PRESET,
+                " ",
+                "restart.jobset.dev/preset: \" \": empty preset name; name a preset of the cluster config",
+            ),
+            (
+                "restart.jobset.dev/in-plce",
+                "enabled",
+                "restart.jobset.dev/in-plce: \"enabled\": unknown annotation; the keys under restart.jobset.dev/ are in-place, action, on-exit-codes, except-exit-codes, containers, replicated-jobs, preset",
+            ),
         ];
         for (key, value, want) in cases {
             assert_eq!(parse_js(&[(key, value)]).unwrap_err().to_string(), want);
@@ -524,11 +589,17 @@ mod tests {
         assert_eq!(a.settings.in_place, Some(InPlace::Enabled));
         assert_eq!(a.settings.action, Some(Action::Restart));
         let codes = a.settings.exit_codes.unwrap();
-        assert_eq!((codes.operator, codes.values()), (Operator::In, &[42u8, 43][..]));
+        assert_eq!(
+            (codes.operator, codes.values()),
+            (Operator::In, &[42u8, 43][..])
+        );
         assert_eq!(a.settings.containers.unwrap(), ["trainer", "agent"]);
         assert_eq!(a.replicated_jobs.unwrap(), ["workers"]);
         assert_eq!(a.preset.as_deref(), Some("fast"));
-        assert_eq!(parse_js(&[(IN_PLACE, "false")]).unwrap().settings.in_place, Some(InPlace::Disabled));
+        assert_eq!(
+            parse_js(&[(IN_PLACE, "false")]).unwrap().settings.in_place,
+            Some(InPlace::Disabled)
+        );
     }
 
     #[test]

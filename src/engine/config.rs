@@ -49,7 +49,10 @@ impl Targets {
             }
         }
         if !t.jobsets && !t.pods {
-            return Err(format!("no target given; allowed targets are {}", Self::ALLOWED));
+            return Err(format!(
+                "no target given; allowed targets are {}",
+                Self::ALLOWED
+            ));
         }
         Ok(t)
     }
@@ -157,7 +160,8 @@ impl Config {
                 .map_err(|e| err("", format!("not a valid config: {e}")))?
                 .unwrap_or_default()
         };
-        let defaults = settings(&raw.defaults).map_err(|(f, p)| err(&format!("defaults.{f}"), p))?;
+        let defaults =
+            settings(&raw.defaults).map_err(|(f, p)| err(&format!("defaults.{f}"), p))?;
         let mut presets = BTreeMap::new();
         for (name, s) in &raw.presets {
             if parse_names(name, "preset").is_err() {
@@ -200,7 +204,10 @@ fn settings(raw: &RawSettings) -> Result<Settings, (&'static str, String)> {
     let action = match &raw.action {
         None => None,
         Some(v) => Some(Action::parse(v).ok_or_else(|| {
-            ("action", format!("{v:?}: allowed values are {}", Action::ALLOWED))
+            (
+                "action",
+                format!("{v:?}: allowed values are {}", Action::ALLOWED),
+            )
         })?),
     };
     let exit_codes = match (&raw.on_exit_codes, &raw.except_exit_codes) {
@@ -250,7 +257,10 @@ mod tests {
     fn empty_file_is_the_builtin_default() {
         let c = Config::from_yaml("", "c.yaml").unwrap();
         assert_eq!(c, Config::default());
-        assert_eq!(Config::from_yaml("# only a comment\n", "c.yaml").unwrap(), Config::default());
+        assert_eq!(
+            Config::from_yaml("# only a comment\n", "c.yaml").unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
@@ -275,36 +285,85 @@ targets: [jobsets, pods]
         let codes = c.defaults.exit_codes.as_ref().unwrap();
         assert_eq!(codes.operator, Operator::NotIn);
         assert_eq!(codes.values(), &[0, 128, 129, 130]);
-        assert_eq!(c.defaults.containers.as_deref().unwrap(), ["trainer", "agent"]);
-        assert_eq!(c.presets["fast"].exit_codes.as_ref().unwrap().values(), &[42, 43]);
+        assert_eq!(
+            c.defaults.containers.as_deref().unwrap(),
+            ["trainer", "agent"]
+        );
+        assert_eq!(
+            c.presets["fast"].exit_codes.as_ref().unwrap().values(),
+            &[42, 43]
+        );
         assert_eq!(c.presets["lenient"].in_place, Some(InPlace::Enabled));
-        assert_eq!(c.targets, Targets { jobsets: true, pods: true });
+        assert_eq!(
+            c.targets,
+            Targets {
+                jobsets: true,
+                pods: true
+            }
+        );
         let c = Config::from_yaml("targets: pods\n", "c.yaml").unwrap();
-        assert_eq!(c.targets, Targets { jobsets: false, pods: true });
+        assert_eq!(
+            c.targets,
+            Targets {
+                jobsets: false,
+                pods: true
+            }
+        );
     }
 
     #[test]
     fn errors_name_file_field_and_problem() {
         let cases = [
-            ("defaults:\n  action: Bogus\n", "c.yaml: defaults.action: \"Bogus\": allowed values are Restart or RestartAllContainers"),
-            ("defaults:\n  inPlace: maybe\n", "c.yaml: defaults.inPlace: \"maybe\": allowed values are enabled, disabled, true or false"),
-            ("presets:\n  fast:\n    onExitCodes: \"42,abc\"\n", "c.yaml: presets.fast.onExitCodes: \"42,abc\": \"abc\" is not an exit code (0-255) or range a-b"),
-            ("presets:\n  fast:\n    onExitCodes: \"1\"\n    exceptExitCodes: \"0\"\n", "c.yaml: presets.fast.onExitCodes: onExitCodes and exceptExitCodes are both set; set one of them"),
-            ("presets:\n  Fast: {}\n", "c.yaml: presets.Fast: a preset name must be lowercase letters, digits and '-'"),
-            ("targets: [jobsets, deployments]\n", "c.yaml: targets: \"deployments\" is not a target; allowed targets are jobsets, pods"),
-            ("defaults:\n  containers: \"A\"\n", "c.yaml: defaults.containers: \"A\": \"A\" is not a valid container name (lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)"),
+            (
+                "defaults:\n  action: Bogus\n",
+                "c.yaml: defaults.action: \"Bogus\": allowed values are Restart or RestartAllContainers",
+            ),
+            (
+                "defaults:\n  inPlace: maybe\n",
+                "c.yaml: defaults.inPlace: \"maybe\": allowed values are enabled, disabled, true or false",
+            ),
+            (
+                "presets:\n  fast:\n    onExitCodes: \"42,abc\"\n",
+                "c.yaml: presets.fast.onExitCodes: \"42,abc\": \"abc\" is not an exit code (0-255) or range a-b",
+            ),
+            (
+                "presets:\n  fast:\n    onExitCodes: \"1\"\n    exceptExitCodes: \"0\"\n",
+                "c.yaml: presets.fast.onExitCodes: onExitCodes and exceptExitCodes are both set; set one of them",
+            ),
+            (
+                "presets:\n  Fast: {}\n",
+                "c.yaml: presets.Fast: a preset name must be lowercase letters, digits and '-'",
+            ),
+            (
+                "targets: [jobsets, deployments]\n",
+                "c.yaml: targets: \"deployments\" is not a target; allowed targets are jobsets, pods",
+            ),
+            (
+                "defaults:\n  containers: \"A\"\n",
+                "c.yaml: defaults.containers: \"A\": \"A\" is not a valid container name (lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters)",
+            ),
         ];
         for (text, want) in cases {
-            assert_eq!(Config::from_yaml(text, "c.yaml").unwrap_err().to_string(), want, "{text}");
+            assert_eq!(
+                Config::from_yaml(text, "c.yaml").unwrap_err().to_string(),
+                want,
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn unknown_fields_and_bad_yaml_are_rejected() {
         let e = Config::from_yaml("defaults:\n  inplace: enabled\n", "c.yaml").unwrap_err();
-        assert!(e.to_string().starts_with("c.yaml: not a valid config: "), "{e}");
+        assert!(
+            e.to_string().starts_with("c.yaml: not a valid config: "),
+            "{e}"
+        );
         assert!(e.to_string().contains("inplace"), "{e}");
         let e = Config::from_yaml("defaults: [\n", "c.yaml").unwrap_err();
-        assert!(e.to_string().starts_with("c.yaml: not a valid config: "), "{e}");
+        assert!(
+            e.to_string().starts_with("c.yaml: not a valid config: "),
+            "{e}"
+        );
     }
 }

@@ -81,7 +81,12 @@ impl ParentJobSet {
         if let Some(spec) = head.spec {
             let spec: JobSetSpec<'_> = serde_json::from_str(spec.get())?;
             for rj in &spec.replicated_jobs {
-                let anns = ours(rj.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.annotations.as_ref()));
+                let anns = ours(
+                    rj.template
+                        .as_ref()
+                        .and_then(|t| t.metadata.as_ref())
+                        .and_then(|m| m.annotations.as_ref()),
+                );
                 if let Some(name) = &rj.name {
                     out.replicated_jobs.insert(name.to_string(), anns);
                 }
@@ -190,14 +195,22 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
     let (namespace, ns_warning) = policy::namespace_default(ctx.namespace_labels);
 
     let spec: JobSetSpec<'_> = match head.spec {
-        None => JobSetSpec { replicated_jobs: Vec::new() },
+        None => JobSetSpec {
+            replicated_jobs: Vec::new(),
+        },
         Some(spec) => match serde_json::from_str(spec.get()) {
             Ok(s) => s,
             Err(e) => {
                 // Only a JobSet that opted in needs its spec read; the API server's own schema
                 // validation answers for the rest.
                 let mut w = Vec::new();
-                let inputs = Inputs { jobset: &jobset, replicated_job: None, namespace, config: ctx.config, facts: ctx.facts };
+                let inputs = Inputs {
+                    jobset: &jobset,
+                    replicated_job: None,
+                    namespace,
+                    config: ctx.config,
+                    facts: ctx.facts,
+                };
                 return match policy::resolve(&inputs, &mut w)? {
                     Decision::Disabled => Ok(out),
                     Decision::Enabled(_) => Err(Denial {
@@ -214,11 +227,19 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
     let mut rjob_annotations = Vec::with_capacity(spec.replicated_jobs.len());
     for rj in &spec.replicated_jobs {
         let name = rj.name.as_deref().unwrap_or_default();
-        let map = rj.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.annotations.as_ref());
+        let map = rj
+            .template
+            .as_ref()
+            .and_then(|t| t.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref());
         rjob_annotations.push(parse_map(map, &Scope::ReplicatedJob(name.to_owned()))?);
     }
     if let Some(names) = &jobset.replicated_jobs {
-        let existing: Vec<&str> = spec.replicated_jobs.iter().filter_map(|r| r.name.as_deref()).collect();
+        let existing: Vec<&str> = spec
+            .replicated_jobs
+            .iter()
+            .filter_map(|r| r.name.as_deref())
+            .collect();
         if let Some(missing) = names.iter().find(|n| !existing.contains(&n.as_str())) {
             return Err(AnnotationError::new(
                 &Scope::JobSet,
@@ -236,7 +257,12 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
 
     let mut applied = Vec::new();
     let mut any_enabled = false;
-    for (i, (rj, rj_ann)) in spec.replicated_jobs.iter().zip(&rjob_annotations).enumerate() {
+    for (i, (rj, rj_ann)) in spec
+        .replicated_jobs
+        .iter()
+        .zip(&rjob_annotations)
+        .enumerate()
+    {
         let name = rj.name.as_deref().unwrap_or_default();
         let listed = jobset
             .replicated_jobs
@@ -270,10 +296,30 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
             ));
             continue;
         };
-        let base = ["spec", "replicatedJobs", &i.to_string(), "template", "spec", "template", "spec"].map(str::to_owned);
-        plan_pod_spec(pod_spec, &base, &resolved, name, Target::Template, ctx, &mut out, &mut applied)?;
+        let base = [
+            "spec",
+            "replicatedJobs",
+            &i.to_string(),
+            "template",
+            "spec",
+            "template",
+            "spec",
+        ]
+        .map(str::to_owned);
+        plan_pod_spec(
+            pod_spec,
+            &base,
+            &resolved,
+            name,
+            Target::Template,
+            ctx,
+            &mut out,
+            &mut applied,
+        )?;
         match pod_spec.restart_policy.as_deref() {
-            None => out.patch.push(add(&base, &["restartPolicy"], json!("Never"))),
+            None => out
+                .patch
+                .push(add(&base, &["restartPolicy"], json!("Never"))),
             Some("Never") => {}
             Some("OnFailure") => out.warnings.push(format!(
                 "replicated job {}: the pod template sets restartPolicy: OnFailure, so every \
@@ -313,9 +359,21 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
     let current = meta_annotations.and_then(|m| m.get(APPLIED));
     if current.map(|c| c.as_ref()) != Some(summary.as_str()) {
         out.patch.push(match (&head.metadata, meta_annotations) {
-            (_, Some(_)) => add(&["metadata".into(), "annotations".into()], &[APPLIED], json!(summary)),
-            (Some(_), None) => add(&["metadata".into()], &["annotations"], json!({ APPLIED: summary })),
-            (None, None) => add(&[], &["metadata"], json!({ "annotations": { APPLIED: summary } })),
+            (_, Some(_)) => add(
+                &["metadata".into(), "annotations".into()],
+                &[APPLIED],
+                json!(summary),
+            ),
+            (Some(_), None) => add(
+                &["metadata".into()],
+                &["annotations"],
+                json!({ APPLIED: summary }),
+            ),
+            (None, None) => add(
+                &[],
+                &["metadata"],
+                json!({ "annotations": { APPLIED: summary } }),
+            ),
         });
     }
     out.summary = Some(summary);
@@ -324,7 +382,9 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
 
 fn parse_map(map: Option<&StrMap<'_>>, scope: &Scope) -> Result<Annotations, AnnotationError> {
     annotations::parse(
-        map.into_iter().flatten().map(|(k, v)| (k.as_ref(), v.as_ref())),
+        map.into_iter()
+            .flatten()
+            .map(|(k, v)| (k.as_ref(), v.as_ref())),
         scope,
     )
 }
@@ -342,7 +402,9 @@ pub fn mutate_pod(
     let head: Head<'_> = match serde_json::from_str(raw) {
         Ok(h) => h,
         Err(e) => {
-            out.warnings.push(format!("pod left unchanged: the object is not a pod the webhook can read: {e}"));
+            out.warnings.push(format!(
+                "pod left unchanged: the object is not a pod the webhook can read: {e}"
+            ));
             return out;
         }
     };
@@ -350,7 +412,10 @@ pub fn mutate_pod(
     let Some(jobset_name) = labels.and_then(|l| l.get(JOBSET_NAME_LABEL)) else {
         return out;
     };
-    let rjob_name = labels.and_then(|l| l.get(REPLICATED_JOB_NAME_LABEL)).map(|s| s.as_ref()).unwrap_or_default();
+    let rjob_name = labels
+        .and_then(|l| l.get(REPLICATED_JOB_NAME_LABEL))
+        .map(|s| s.as_ref())
+        .unwrap_or_default();
     let Some(parent) = parent(jobset_name) else {
         out.parent_unknown = true;
         out.warnings.push(format!(
@@ -370,31 +435,69 @@ pub fn mutate_pod(
     out
 }
 
-fn plan_pod(head: &Head<'_>, rjob_name: &str, parent: &ParentJobSet, ctx: &Context<'_>, out: &mut Mutation) -> Result<(), String> {
-    let to_pairs = |m: &BTreeMap<String, String>| -> Vec<(String, String)> { m.iter().map(|(k, v)| (k.clone(), v.clone())).collect() };
+fn plan_pod(
+    head: &Head<'_>,
+    rjob_name: &str,
+    parent: &ParentJobSet,
+    ctx: &Context<'_>,
+    out: &mut Mutation,
+) -> Result<(), String> {
+    let to_pairs = |m: &BTreeMap<String, String>| -> Vec<(String, String)> {
+        m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    };
     let js_pairs = to_pairs(&parent.annotations);
-    let jobset = annotations::parse(js_pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), &Scope::JobSet)
-        .map_err(|e| format!("its JobSet's annotations are invalid: {e}"))?;
-    let rj_pairs = parent.replicated_jobs.get(rjob_name).map(to_pairs).unwrap_or_default();
-    let rj = annotations::parse(rj_pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), &Scope::ReplicatedJob(rjob_name.to_owned()))
-        .map_err(|e| format!("its JobSet's annotations are invalid: {e}"))?;
-    let listed = jobset.replicated_jobs.as_ref().is_none_or(|l| l.iter().any(|n| n == rjob_name));
+    let jobset = annotations::parse(
+        js_pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        &Scope::JobSet,
+    )
+    .map_err(|e| format!("its JobSet's annotations are invalid: {e}"))?;
+    let rj_pairs = parent
+        .replicated_jobs
+        .get(rjob_name)
+        .map(to_pairs)
+        .unwrap_or_default();
+    let rj = annotations::parse(
+        rj_pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        &Scope::ReplicatedJob(rjob_name.to_owned()),
+    )
+    .map_err(|e| format!("its JobSet's annotations are invalid: {e}"))?;
+    let listed = jobset
+        .replicated_jobs
+        .as_ref()
+        .is_none_or(|l| l.iter().any(|n| n == rjob_name));
     if !listed && rj.settings.in_place.is_none() {
         return Ok(());
     }
     let (namespace, _) = policy::namespace_default(ctx.namespace_labels);
-    let inputs = Inputs { jobset: &jobset, replicated_job: Some((rjob_name, &rj)), namespace, config: ctx.config, facts: ctx.facts };
+    let inputs = Inputs {
+        jobset: &jobset,
+        replicated_job: Some((rjob_name, &rj)),
+        namespace,
+        config: ctx.config,
+        facts: ctx.facts,
+    };
     let resolved = match policy::resolve(&inputs, &mut out.warnings).map_err(|e| e.to_string())? {
         Decision::Disabled => return Ok(()),
         Decision::Enabled(r) => r,
     };
     let spec: PodSpec<'_> = match head.spec {
-        Some(raw) => serde_json::from_str(raw.get()).map_err(|e| format!("spec: not a pod spec the webhook can read: {e}"))?,
+        Some(raw) => serde_json::from_str(raw.get())
+            .map_err(|e| format!("spec: not a pod spec the webhook can read: {e}"))?,
         None => return Ok(()),
     };
     let mut applied = Vec::new();
     let base = ["spec".to_owned()];
-    plan_pod_spec(&spec, &base, &resolved, rjob_name, Target::Pod, ctx, out, &mut applied).map_err(|d| d.message)?;
+    plan_pod_spec(
+        &spec,
+        &base,
+        &resolved,
+        rjob_name,
+        Target::Pod,
+        ctx,
+        out,
+        &mut applied,
+    )
+    .map_err(|d| d.message)?;
     if !applied.is_empty() {
         out.summary = Some(applied.join(", "));
     }
@@ -444,7 +547,10 @@ fn plan_pod_spec(
         Target::Template => format!("replicated job {}: {kind} {}", quote(rjob), quote(c)),
         Target::Pod => format!("{kind} {}", quote(c)),
     };
-    let named: Option<BTreeSet<&str>> = resolved.containers.as_ref().map(|v| v.iter().map(String::as_str).collect());
+    let named: Option<BTreeSet<&str>> = resolved
+        .containers
+        .as_ref()
+        .map(|v| v.iter().map(String::as_str).collect());
     let mut found: BTreeSet<&str> = BTreeSet::new();
 
     for (j, c) in spec.containers.iter().flatten().enumerate() {
@@ -455,11 +561,13 @@ fn plan_pod_spec(
             }
             found.insert(name);
         }
-        let path = [&base[..], &["containers".to_owned(), j.to_string()]].concat();
+        let path = [base, &["containers".to_owned(), j.to_string()]].concat();
         match (&c.restart_policy, &c.restart_policy_rules) {
             (None, None) => {
-                out.patch.push(add(&path, &["restartPolicy"], json!("Never")));
-                out.patch.push(add(&path, &["restartPolicyRules"], rules.clone()));
+                out.patch
+                    .push(add(&path, &["restartPolicy"], json!("Never")));
+                out.patch
+                    .push(add(&path, &["restartPolicyRules"], rules.clone()));
                 applied.push(format!("{}={rule_text}", label(name)));
             }
             (Some(p), Some(r)) if p == "Never" && *r == rules => {
@@ -501,10 +609,11 @@ fn plan_pod_spec(
                     ),
                 });
             }
-            let path = [&base[..], &["initContainers".to_owned(), j.to_string()]].concat();
+            let path = [base, &["initContainers".to_owned(), j.to_string()]].concat();
             match &c.restart_policy_rules {
                 None => {
-                    out.patch.push(add(&path, &["restartPolicyRules"], rules.clone()));
+                    out.patch
+                        .push(add(&path, &["restartPolicyRules"], rules.clone()));
                     applied.push(format!("{}={rule_text}", label(name)));
                 }
                 Some(r) if *r == rules => applied.push(format!("{}={rule_text}", label(name))),

@@ -70,11 +70,19 @@ pub fn namespace_default(
 }
 
 /// Resolves the decision for one replicated job. Warnings are appended to `warnings`.
-pub fn resolve(inputs: &Inputs<'_>, warnings: &mut Vec<String>) -> Result<Decision, AnnotationError> {
+pub fn resolve(
+    inputs: &Inputs<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<Decision, AnnotationError> {
     let rjob = inputs.replicated_job.map(|(_, a)| a);
     // A preset named on the replicated job replaces one named on the JobSet.
     let (preset_name, preset_scope) = match rjob.and_then(|a| a.preset.as_deref()) {
-        Some(name) => (Some(name), inputs.replicated_job.map(|(n, _)| Scope::ReplicatedJob(n.to_owned()))),
+        Some(name) => (
+            Some(name),
+            inputs
+                .replicated_job
+                .map(|(n, _)| Scope::ReplicatedJob(n.to_owned())),
+        ),
         None => (inputs.jobset.preset.as_deref(), Some(Scope::JobSet)),
     };
     let preset: Option<&Settings> = match preset_name {
@@ -86,7 +94,10 @@ pub fn resolve(inputs: &Inputs<'_>, warnings: &mut Vec<String>) -> Result<Decisi
                 let problem = if defined.is_empty() {
                     "no such preset; the cluster config defines no presets".to_owned()
                 } else {
-                    format!("no such preset; the cluster config defines: {}", defined.join(", "))
+                    format!(
+                        "no such preset; the cluster config defines: {}",
+                        defined.join(", ")
+                    )
                 };
                 return Err(AnnotationError::new(
                     &preset_scope.unwrap_or(Scope::JobSet),
@@ -99,18 +110,22 @@ pub fn resolve(inputs: &Inputs<'_>, warnings: &mut Vec<String>) -> Result<Decisi
     };
 
     // The explicit layers, in precedence order; `None` entries are skipped.
-    let explicit: [Option<&Settings>; 3] = [rjob.map(|a| &a.settings), Some(&inputs.jobset.settings), preset];
+    let explicit: [Option<&Settings>; 3] = [
+        rjob.map(|a| &a.settings),
+        Some(&inputs.jobset.settings),
+        preset,
+    ];
     let pick = |f: &dyn Fn(&Settings) -> bool| explicit.iter().flatten().copied().find(|s| f(s));
 
-    let in_place = explicit
-        .iter()
-        .flatten()
-        .find_map(|s| s.in_place)
+    let explicit_in_place = explicit.iter().flatten().find_map(|s| s.in_place);
+    let in_place = explicit_in_place
         .or(inputs.namespace)
         .or(inputs.config.defaults.in_place)
         .unwrap_or(InPlace::Disabled);
     if in_place == InPlace::Disabled {
-        if let Some(name) = preset_name {
+        // Naming a preset while a default disables in-place restart is likely a surprise;
+        // an explicit `disabled` is not.
+        if let (Some(name), None) = (preset_name, explicit_in_place) {
             warnings.push(format!(
                 "preset {} is named, but in-place restart resolves to disabled here (namespace \
                  or cluster default); set {IN_PLACE}: enabled to opt in",
@@ -127,12 +142,22 @@ pub fn resolve(inputs: &Inputs<'_>, warnings: &mut Vec<String>) -> Result<Decisi
                 || inputs.jobset.settings.action.is_some()
             {
                 let scope = match rjob.and_then(|a| a.settings.action) {
-                    Some(_) => inputs.replicated_job.map(|(n, _)| Scope::ReplicatedJob(n.to_owned())),
+                    Some(_) => inputs
+                        .replicated_job
+                        .map(|(n, _)| Scope::ReplicatedJob(n.to_owned())),
                     None => Some(Scope::JobSet),
                 };
-                (scope.unwrap_or(Scope::JobSet), ACTION, Action::RestartAllContainers.as_str())
+                (
+                    scope.unwrap_or(Scope::JobSet),
+                    ACTION,
+                    Action::RestartAllContainers.as_str(),
+                )
             } else {
-                (preset_scope.unwrap_or(Scope::JobSet), PRESET, preset_name.unwrap_or_default())
+                (
+                    preset_scope.unwrap_or(Scope::JobSet),
+                    PRESET,
+                    preset_name.unwrap_or_default(),
+                )
             };
             return Err(AnnotationError::new(
                 &scope,
@@ -218,13 +243,28 @@ mod tests {
 
     #[test]
     fn default_is_disabled() {
-        let (d, _) = run(&ann(&[]), None, None, &Config::default(), ClusterFacts::default());
+        let (d, _) = run(
+            &ann(&[]),
+            None,
+            None,
+            &Config::default(),
+            ClusterFacts::default(),
+        );
         assert_eq!(d.unwrap(), Decision::Disabled);
     }
 
     #[test]
     fn jobset_opt_in_uses_builtin_defaults() {
-        let r = enabled(run(&ann(&[EN]), None, None, &Config::default(), ClusterFacts::default()).0);
+        let r = enabled(
+            run(
+                &ann(&[EN]),
+                None,
+                None,
+                &Config::default(),
+                ClusterFacts::default(),
+            )
+            .0,
+        );
         assert_eq!(r.action, Action::RestartAllContainers);
         assert_eq!(r.exit_codes, ExitCodes::any_failure());
         assert_eq!(r.containers, None);
@@ -233,28 +273,82 @@ mod tests {
     #[test]
     fn namespace_label_enables_and_jobset_disabled_wins() {
         let cfg = Config::default();
-        assert!(matches!(run(&ann(&[]), None, Some(InPlace::Enabled), &cfg, ClusterFacts::default()).0, Ok(Decision::Enabled(_))));
-        assert_eq!(run(&ann(&[DIS]), None, Some(InPlace::Enabled), &cfg, ClusterFacts::default()).0.unwrap(), Decision::Disabled);
+        assert!(matches!(
+            run(
+                &ann(&[]),
+                None,
+                Some(InPlace::Enabled),
+                &cfg,
+                ClusterFacts::default()
+            )
+            .0,
+            Ok(Decision::Enabled(_))
+        ));
+        assert_eq!(
+            run(
+                &ann(&[DIS]),
+                None,
+                Some(InPlace::Enabled),
+                &cfg,
+                ClusterFacts::default()
+            )
+            .0
+            .unwrap(),
+            Decision::Disabled
+        );
     }
 
     #[test]
     fn namespace_label_beats_cluster_default() {
         let cfg = config("defaults: {inPlace: enabled}");
-        assert!(matches!(run(&ann(&[]), None, None, &cfg, ClusterFacts::default()).0, Ok(Decision::Enabled(_))));
-        assert_eq!(run(&ann(&[]), None, Some(InPlace::Disabled), &cfg, ClusterFacts::default()).0.unwrap(), Decision::Disabled);
+        assert!(matches!(
+            run(&ann(&[]), None, None, &cfg, ClusterFacts::default()).0,
+            Ok(Decision::Enabled(_))
+        ));
+        assert_eq!(
+            run(
+                &ann(&[]),
+                None,
+                Some(InPlace::Disabled),
+                &cfg,
+                ClusterFacts::default()
+            )
+            .0
+            .unwrap(),
+            Decision::Disabled
+        );
     }
 
     #[test]
     fn replicated_job_overrides_jobset() {
         let cfg = Config::default();
-        let js = ann(&[EN, ("restart.jobset.dev/action", "Restart"), ("restart.jobset.dev/on-exit-codes", "42")]);
+        let js = ann(&[
+            EN,
+            ("restart.jobset.dev/action", "Restart"),
+            ("restart.jobset.dev/on-exit-codes", "42"),
+        ]);
         let rj = ann(&[("restart.jobset.dev/on-exit-codes", "7")]);
         let r = enabled(run(&js, Some(&rj), None, &cfg, ClusterFacts::default()).0);
         assert_eq!(r.action, Action::Restart, "inherited from the JobSet");
         assert_eq!(r.exit_codes.values(), &[7], "replicated job wins");
         // and the replicated job may opt out of an enabled JobSet, or into a disabled one
-        assert_eq!(run(&js, Some(&ann(&[DIS])), None, &cfg, ClusterFacts::default()).0.unwrap(), Decision::Disabled);
-        assert!(matches!(run(&ann(&[DIS]), Some(&ann(&[EN])), None, &cfg, ClusterFacts::default()).0, Ok(Decision::Enabled(_))));
+        assert_eq!(
+            run(&js, Some(&ann(&[DIS])), None, &cfg, ClusterFacts::default())
+                .0
+                .unwrap(),
+            Decision::Disabled
+        );
+        assert!(matches!(
+            run(
+                &ann(&[DIS]),
+                Some(&ann(&[EN])),
+                None,
+                &cfg,
+                ClusterFacts::default()
+            )
+            .0,
+            Ok(Decision::Enabled(_))
+        ));
     }
 
     #[test]
@@ -264,38 +358,94 @@ mod tests {
              presets:\n  fast: {inPlace: enabled, action: RestartAllContainers, onExitCodes: '42,43'}\n",
         );
         let js = ann(&[("restart.jobset.dev/preset", "fast")]);
-        let r = enabled(run(&js, None, Some(InPlace::Disabled), &cfg, ClusterFacts::default()).0);
-        assert_eq!(r.action, Action::RestartAllContainers, "preset beats cluster");
+        let r = enabled(
+            run(
+                &js,
+                None,
+                Some(InPlace::Disabled),
+                &cfg,
+                ClusterFacts::default(),
+            )
+            .0,
+        );
+        assert_eq!(
+            r.action,
+            Action::RestartAllContainers,
+            "preset beats cluster"
+        );
         assert_eq!(r.exit_codes.values(), &[42, 43]);
-        assert_eq!(r.containers.as_deref().unwrap(), ["main"], "cluster fills what the preset leaves");
-        let js = ann(&[("restart.jobset.dev/preset", "fast"), ("restart.jobset.dev/except-exit-codes", "0,1")]);
+        assert_eq!(
+            r.containers.as_deref().unwrap(),
+            ["main"],
+            "cluster fills what the preset leaves"
+        );
+        let js = ann(&[
+            ("restart.jobset.dev/preset", "fast"),
+            ("restart.jobset.dev/except-exit-codes", "0,1"),
+        ]);
         let r = enabled(run(&js, None, None, &cfg, ClusterFacts::default()).0);
-        assert_eq!(r.exit_codes.operator, Operator::NotIn, "explicit key beats the preset");
+        assert_eq!(
+            r.exit_codes.operator,
+            Operator::NotIn,
+            "explicit key beats the preset"
+        );
         assert_eq!(r.exit_codes.values(), &[0, 1]);
     }
 
     #[test]
     fn preset_on_replicated_job_replaces_jobset_preset() {
-        let cfg = config("presets:\n  a: {inPlace: enabled, onExitCodes: '1'}\n  b: {onExitCodes: '2'}\n");
+        let cfg = config(
+            "presets:\n  a: {inPlace: enabled, onExitCodes: '1'}\n  b: {onExitCodes: '2'}\n",
+        );
         let js = ann(&[("restart.jobset.dev/preset", "a")]);
         let rj = ann(&[("restart.jobset.dev/preset", "b")]);
-        let (d, _) = run(&js, Some(&rj), Some(InPlace::Enabled), &cfg, ClusterFacts::default());
+        let (d, _) = run(
+            &js,
+            Some(&rj),
+            Some(InPlace::Enabled),
+            &cfg,
+            ClusterFacts::default(),
+        );
         assert_eq!(enabled(d).exit_codes.values(), &[2]);
     }
 
     #[test]
     fn unknown_preset_is_an_error_listing_the_defined_ones() {
         let cfg = config("presets:\n  a: {}\n  b: {}\n");
-        let (d, _) = run(&ann(&[("restart.jobset.dev/preset", "c")]), None, None, &cfg, ClusterFacts::default());
-        assert_eq!(d.unwrap_err().to_string(), "restart.jobset.dev/preset: \"c\": no such preset; the cluster config defines: a, b");
-        let (d, _) = run(&ann(&[]), Some(&ann(&[("restart.jobset.dev/preset", "c")])), None, &Config::default(), ClusterFacts::default());
-        assert_eq!(d.unwrap_err().to_string(), "replicated job \"workers\": restart.jobset.dev/preset: \"c\": no such preset; the cluster config defines no presets");
+        let (d, _) = run(
+            &ann(&[("restart.jobset.dev/preset", "c")]),
+            None,
+            None,
+            &cfg,
+            ClusterFacts::default(),
+        );
+        assert_eq!(
+            d.unwrap_err().to_string(),
+            "restart.jobset.dev/preset: \"c\": no such preset; the cluster config defines: a, b"
+        );
+        let (d, _) = run(
+            &ann(&[]),
+            Some(&ann(&[("restart.jobset.dev/preset", "c")])),
+            None,
+            &Config::default(),
+            ClusterFacts::default(),
+        );
+        assert_eq!(
+            d.unwrap_err().to_string(),
+            "replicated job \"workers\": restart.jobset.dev/preset: \"c\": no such preset; the cluster config defines no presets"
+        );
     }
 
     #[test]
     fn preset_named_while_disabled_warns() {
         let cfg = config("presets:\n  a: {onExitCodes: '1'}\n");
-        let (d, w) = run(&ann(&[("restart.jobset.dev/preset", "a")]), None, None, &cfg, ClusterFacts::default());
+        let (d, w) = run(
+            &ann(&[("restart.jobset.dev/preset", "a")]),
+            None,
+            None,
+            &cfg,
+            ClusterFacts::default(),
+        );
         assert_eq!(d.unwrap(), Decision::Disabled);
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("resolves to disabled"), "{w:?}");
@@ -303,11 +453,23 @@ mod tests {
 
     #[test]
     fn action_follows_cluster_capability() {
-        let no_rac = ClusterFacts { restart_all_containers: Some(false), ..Default::default() };
-        let yes_rac = ClusterFacts { restart_all_containers: Some(true), ..Default::default() };
+        let no_rac = ClusterFacts {
+            restart_all_containers: Some(false),
+            ..Default::default()
+        };
+        let yes_rac = ClusterFacts {
+            restart_all_containers: Some(true),
+            ..Default::default()
+        };
         let cfg = Config::default();
-        assert_eq!(enabled(run(&ann(&[EN]), None, None, &cfg, no_rac).0).action, Action::Restart);
-        assert_eq!(enabled(run(&ann(&[EN]), None, None, &cfg, yes_rac).0).action, Action::RestartAllContainers);
+        assert_eq!(
+            enabled(run(&ann(&[EN]), None, None, &cfg, no_rac).0).action,
+            Action::Restart
+        );
+        assert_eq!(
+            enabled(run(&ann(&[EN]), None, None, &cfg, yes_rac).0).action,
+            Action::RestartAllContainers
+        );
         // a config default that the cluster cannot honour degrades with a warning
         let cfg_rac = config("defaults: {action: RestartAllContainers}");
         let (d, w) = run(&ann(&[EN]), None, None, &cfg_rac, no_rac);
@@ -318,8 +480,20 @@ mod tests {
         let e = run(&js, None, None, &cfg, no_rac).0.unwrap_err();
         assert!(e.to_string().starts_with("restart.jobset.dev/action: \"RestartAllContainers\": this cluster's API server does not accept"), "{e}");
         let cfg_p = config("presets:\n  p: {action: RestartAllContainers}\n");
-        let e = run(&ann(&[EN, ("restart.jobset.dev/preset", "p")]), None, None, &cfg_p, no_rac).0.unwrap_err();
-        assert!(e.to_string().starts_with("restart.jobset.dev/preset: \"p\": this cluster"), "{e}");
+        let e = run(
+            &ann(&[EN, ("restart.jobset.dev/preset", "p")]),
+            None,
+            None,
+            &cfg_p,
+            no_rac,
+        )
+        .0
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("restart.jobset.dev/preset: \"p\": this cluster"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -9,6 +9,9 @@ use jobset_restart_webhook::engine::{
 };
 use serde_json::{Value, json};
 
+mod engine_support;
+use engine_support::{apply, changed_paths};
+
 fn fixture(name: &str) -> String {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
@@ -20,37 +23,6 @@ fn yaml_docs(text: &str) -> Vec<Value> {
 
 fn config() -> Config {
     Config::from_yaml(&fixture("config.yaml"), "config.yaml").expect("fixture config is valid")
-}
-
-/// Leaf paths (JSON Pointers) whose value differs between `a` and `b`.
-fn changed_paths(a: &Value, b: &Value) -> Vec<String> {
-    fn walk(a: Option<&Value>, b: Option<&Value>, path: String, out: &mut Vec<String>) {
-        match (a, b) {
-            (Some(Value::Object(x)), Some(Value::Object(y))) => {
-                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-                for k in keys {
-                    let esc = k.replace('~', "~0").replace('/', "~1");
-                    walk(x.get(k), y.get(k), format!("{path}/{esc}"), out);
-                }
-            }
-            (Some(Value::Array(x)), Some(Value::Array(y))) if x.len() == y.len() => {
-                for (i, (p, q)) in x.iter().zip(y).enumerate() {
-                    walk(Some(p), Some(q), format!("{path}/{i}"), out);
-                }
-            }
-            (p, q) if p != q => out.push(path),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    walk(Some(a), Some(b), String::new(), &mut out);
-    out
-}
-
-fn apply(doc: &Value, m: &Mutation) -> Value {
-    let mut out = doc.clone();
-    json_patch::patch(&mut out, &m.patch).expect("the patch applies to the object it was computed from");
-    out
 }
 
 const RJ0: &str = "/spec/replicatedJobs/0/template/spec/template/spec";
@@ -66,7 +38,10 @@ struct Case {
 }
 
 fn container(base: &str, i: usize) -> [String; 2] {
-    [format!("{base}/containers/{i}/restartPolicy"), format!("{base}/containers/{i}/restartPolicyRules")]
+    [
+        format!("{base}/containers/{i}/restartPolicy"),
+        format!("{base}/containers/{i}/restartPolicyRules"),
+    ]
 }
 
 fn cases() -> Vec<Case> {
@@ -79,7 +54,10 @@ fn cases() -> Vec<Case> {
     };
     v.push(Case {
         file: "single.yaml",
-        paths: paths(vec![vec![APPLIED.into(), pod_rp(RJ0)], container(RJ0, 0).to_vec()]),
+        paths: paths(vec![
+            vec![APPLIED.into(), pod_rp(RJ0)],
+            container(RJ0, 0).to_vec(),
+        ]),
         summary: Some("workers/trainer=RestartAllContainers:NotIn(0)"),
         warnings: vec![],
     });
@@ -130,16 +108,27 @@ fn cases() -> Vec<Case> {
         summary: Some("workers/trainer=RestartAllContainers:In(1,42,128-143)"),
         warnings: vec![],
     });
-    v.push(Case { file: "disabled.yaml", paths: vec![], summary: None, warnings: vec![] });
+    v.push(Case {
+        file: "disabled.yaml",
+        paths: vec![],
+        summary: None,
+        warnings: vec![],
+    });
     v.push(Case {
         file: "preset.yaml",
-        paths: paths(vec![vec![APPLIED.into(), pod_rp(RJ0)], container(RJ0, 0).to_vec()]),
+        paths: paths(vec![
+            vec![APPLIED.into(), pod_rp(RJ0)],
+            container(RJ0, 0).to_vec(),
+        ]),
         summary: Some("workers/trainer=RestartAllContainers:NotIn(0,2)"),
         warnings: vec![],
     });
     v.push(Case {
         file: "unknown-fields.yaml",
-        paths: paths(vec![vec![APPLIED.into(), pod_rp(RJ0)], container(RJ0, 0).to_vec()]),
+        paths: paths(vec![
+            vec![APPLIED.into(), pod_rp(RJ0)],
+            container(RJ0, 0).to_vec(),
+        ]),
         summary: Some("workers/trainer=RestartAllContainers:NotIn(0)"),
         warnings: vec![],
     });
@@ -149,42 +138,77 @@ fn cases() -> Vec<Case> {
 #[test]
 fn golden_jobsets() {
     let config = config();
-    let ctx = Context { config: &config, namespace_labels: None, facts: ClusterFacts::default() };
+    let ctx = Context {
+        config: &config,
+        namespace_labels: None,
+        facts: ClusterFacts::default(),
+    };
     for case in cases() {
         let doc = yaml_docs(&fixture(&format!("jobsets/{}", case.file))).remove(0);
-        let m = mutate_jobset(&doc.to_string(), &ctx).unwrap_or_else(|d| panic!("{}: denied: {d}", case.file));
+        let m = mutate_jobset(&doc.to_string(), &ctx)
+            .unwrap_or_else(|d| panic!("{}: denied: {d}", case.file));
         let out = apply(&doc, &m);
-        assert_eq!(changed_paths(&doc, &out), case.paths, "{}: changed paths", case.file);
+        assert_eq!(
+            changed_paths(&doc, &out),
+            case.paths,
+            "{}: changed paths",
+            case.file
+        );
         assert_eq!(m.summary.as_deref(), case.summary, "{}: summary", case.file);
         assert_eq!(m.warnings, case.warnings, "{}: warnings", case.file);
         if let Some(s) = case.summary {
-            assert_eq!(out.pointer(APPLIED), Some(&json!(s)), "{}: applied annotation", case.file);
+            assert_eq!(
+                out.pointer(APPLIED),
+                Some(&json!(s)),
+                "{}: applied annotation",
+                case.file
+            );
         }
         // Idempotent: the engine on its own output changes nothing.
         let again = mutate_jobset(&out.to_string(), &ctx).expect("own output is accepted");
-        assert!(again.patch.is_empty(), "{}: second pass patched {:?}", case.file, again.patch);
+        assert!(
+            again.patch.is_empty(),
+            "{}: second pass patched {:?}",
+            case.file,
+            again.patch
+        );
         assert_eq!(again.summary, m.summary, "{}: summary is stable", case.file);
 
         let snapshot = json!({ "warnings": m.warnings, "patch": m.patch, "mutated": out });
         let name = case.file.trim_end_matches(".yaml");
-        insta::assert_snapshot!(name, serde_json::to_string_pretty(&snapshot).unwrap_or_default());
+        insta::assert_snapshot!(
+            name,
+            serde_json::to_string_pretty(&snapshot).unwrap_or_default()
+        );
     }
 }
 
 #[test]
 fn injected_rule_shapes_are_the_api_shape() {
     let config = config();
-    let ctx = Context { config: &config, namespace_labels: None, facts: ClusterFacts::default() };
+    let ctx = Context {
+        config: &config,
+        namespace_labels: None,
+        facts: ClusterFacts::default(),
+    };
     let doc = yaml_docs(&fixture("jobsets/multi.yaml")).remove(0);
-    let out = apply(&doc, &mutate_jobset(&doc.to_string(), &ctx).expect("allowed"));
-    let c = out.pointer(&format!("{RJ1}/containers/0")).expect("container");
+    let out = apply(
+        &doc,
+        &mutate_jobset(&doc.to_string(), &ctx).expect("allowed"),
+    );
+    let c = out
+        .pointer(&format!("{RJ1}/containers/0"))
+        .expect("container");
     assert_eq!(c["restartPolicy"], json!("Never"));
     assert_eq!(
         c["restartPolicyRules"],
         json!([{ "action": "Restart", "exitCodes": { "operator": "In", "values": [42, 43, 128, 129, 130, 131, 132, 133, 134, 135, 136, 137, 138, 139, 140, 141, 142, 143] } }])
     );
     // the driver is not selected and keeps its shape exactly
-    assert_eq!(out["spec"]["replicatedJobs"][0], doc["spec"]["replicatedJobs"][0]);
+    assert_eq!(
+        out["spec"]["replicatedJobs"][0],
+        doc["spec"]["replicatedJobs"][0]
+    );
 }
 
 #[test]
@@ -192,50 +216,99 @@ fn golden_pod_resolves_from_its_parent() {
     let config = config();
     let docs = yaml_docs(&fixture("pods.yaml"));
     let parent = ParentJobSet::from_jobset_json(&docs[0].to_string()).expect("parent parses");
-    let ctx = Context { config: &config, namespace_labels: None, facts: ClusterFacts::default() };
+    let ctx = Context {
+        config: &config,
+        namespace_labels: None,
+        facts: ClusterFacts::default(),
+    };
     let pod = &docs[1];
-    let m = mutate_pod(&pod.to_string(), &ctx, &|name| (name == "train").then(|| parent.clone()));
+    let m = mutate_pod(&pod.to_string(), &ctx, &|name| {
+        (name == "train").then(|| parent.clone())
+    });
     let out = apply(pod, &m);
-    assert_eq!(changed_paths(pod, &out), ["/spec/containers/0/restartPolicy", "/spec/containers/0/restartPolicyRules"]);
-    assert_eq!(out["spec"]["restartPolicy"], json!("OnFailure"), "a pod's restartPolicy is never changed");
-    assert_eq!(m.summary.as_deref(), Some("trainer=RestartAllContainers:In(42)"));
+    assert_eq!(
+        changed_paths(pod, &out),
+        [
+            "/spec/containers/0/restartPolicy",
+            "/spec/containers/0/restartPolicyRules"
+        ]
+    );
+    assert_eq!(
+        out["spec"]["restartPolicy"],
+        json!("OnFailure"),
+        "a pod's restartPolicy is never changed"
+    );
+    assert_eq!(
+        m.summary.as_deref(),
+        Some("trainer=RestartAllContainers:In(42)")
+    );
     // a pod created from an already-mutated template gets an empty patch, and no warning
     let again = mutate_pod(&out.to_string(), &ctx, &|_| Some(parent.clone()));
-    assert!(again.patch.is_empty() && again.warnings.is_empty(), "{again:?}");
+    assert!(
+        again.patch.is_empty() && again.warnings.is_empty(),
+        "{again:?}"
+    );
     // an unknown parent leaves the pod alone, with a warning and the flag for the metric
     let unknown = mutate_pod(&pod.to_string(), &ctx, &|_| None);
     assert!(unknown.patch.is_empty() && unknown.parent_unknown);
-    assert_eq!(unknown.warnings, ["pod left unchanged: its JobSet \"train\" is not known to the webhook yet"]);
+    assert_eq!(
+        unknown.warnings,
+        ["pod left unchanged: its JobSet \"train\" is not known to the webhook yet"]
+    );
 }
 
 #[test]
 fn namespace_label_enables_unannotated_jobset() {
     let config = Config::default();
     let mut labels = BTreeMap::new();
-    labels.insert("restart.jobset.dev/in-place".to_owned(), "enabled".to_owned());
-    let ctx = Context { config: &config, namespace_labels: Some(&labels), facts: ClusterFacts::default() };
+    labels.insert(
+        "restart.jobset.dev/in-place".to_owned(),
+        "enabled".to_owned(),
+    );
+    let ctx = Context {
+        config: &config,
+        namespace_labels: Some(&labels),
+        facts: ClusterFacts::default(),
+    };
     let doc = yaml_docs(&fixture("jobsets/disabled.yaml")).remove(0);
     let m = mutate_jobset(&doc.to_string(), &ctx).expect("allowed");
-    assert_eq!(m.summary.as_deref(), Some("workers/trainer=RestartAllContainers:NotIn(0)"));
+    assert_eq!(
+        m.summary.as_deref(),
+        Some("workers/trainer=RestartAllContainers:NotIn(0)")
+    );
 }
 
 #[test]
 fn invalid_annotations_are_denied_with_422_and_the_message() {
     let config = Config::default();
-    let ctx = Context { config: &config, namespace_labels: None, facts: ClusterFacts::default() };
+    let ctx = Context {
+        config: &config,
+        namespace_labels: None,
+        facts: ClusterFacts::default(),
+    };
     let mut doc = yaml_docs(&fixture("jobsets/single.yaml")).remove(0);
     doc["metadata"]["annotations"]["restart.jobset.dev/on-exit-codes"] = json!("42,abc");
     let d = mutate_jobset(&doc.to_string(), &ctx).unwrap_err();
     assert_eq!(d.code, 422);
-    assert_eq!(d.message, "restart.jobset.dev/on-exit-codes: \"42,abc\": \"abc\" is not an exit code (0-255) or range a-b");
+    assert_eq!(
+        d.message,
+        "restart.jobset.dev/on-exit-codes: \"42,abc\": \"abc\" is not an exit code (0-255) or range a-b"
+    );
     // an override on a replicated job names the replicated job
     let mut doc = yaml_docs(&fixture("jobsets/single.yaml")).remove(0);
-    doc["spec"]["replicatedJobs"][0]["template"]["metadata"] = json!({"annotations": {"restart.jobset.dev/action": "Reboot"}});
+    doc["spec"]["replicatedJobs"][0]["template"]["metadata"] =
+        json!({"annotations": {"restart.jobset.dev/action": "Reboot"}});
     let d = mutate_jobset(&doc.to_string(), &ctx).unwrap_err();
-    assert_eq!(d.message, "replicated job \"workers\": restart.jobset.dev/action: \"Reboot\": allowed values are Restart or RestartAllContainers");
+    assert_eq!(
+        d.message,
+        "replicated job \"workers\": restart.jobset.dev/action: \"Reboot\": allowed values are Restart or RestartAllContainers"
+    );
     // a replicated-jobs list naming a replicated job that does not exist
     let mut doc = yaml_docs(&fixture("jobsets/single.yaml")).remove(0);
     doc["metadata"]["annotations"]["restart.jobset.dev/replicated-jobs"] = json!("wrkers");
     let d = mutate_jobset(&doc.to_string(), &ctx).unwrap_err();
-    assert_eq!(d.message, "restart.jobset.dev/replicated-jobs: \"wrkers\": this JobSet has no replicated job \"wrkers\"; it has: workers");
+    assert_eq!(
+        d.message,
+        "restart.jobset.dev/replicated-jobs: \"wrkers\": this JobSet has no replicated job \"wrkers\"; it has: workers"
+    );
 }

@@ -1,0 +1,44 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+
+use jobset_restart_webhook::engine::Mutation;
+use serde_json::Value;
+
+/// Leaf paths (JSON Pointers) whose value differs between `a` and `b`.
+pub fn changed_paths(a: &Value, b: &Value) -> Vec<String> {
+    fn walk(a: Option<&Value>, b: Option<&Value>, path: String, out: &mut Vec<String>) {
+        match (a, b) {
+            (Some(Value::Object(x)), Some(Value::Object(y))) => {
+                let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let esc = k.replace('~', "~0").replace('/', "~1");
+                    walk(x.get(k), y.get(k), format!("{path}/{esc}"), out);
+                }
+            }
+            (Some(Value::Array(x)), Some(Value::Array(y))) if x.len() == y.len() => {
+                for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                    walk(Some(p), Some(q), format!("{path}/{i}"), out);
+                }
+            }
+            (p, q) if p != q => out.push(path),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(Some(a), Some(b), String::new(), &mut out);
+    out
+}
+
+/// Applies the mutation's patch; panics with the reason when it does not apply.
+pub fn apply(doc: &Value, m: &Mutation) -> Value {
+    let mut out = doc.clone();
+    if let Err(e) = json_patch::patch(&mut out, &m.patch) {
+        panic!(
+            "the patch does not apply to the object it was computed from: {e}\npatch: {:?}",
+            m.patch
+        );
+    }
+    out
+}

@@ -23,13 +23,27 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 
 # Bump when the way the binaries are built changes, so old caches are not reused.
-RECIPE=1
+RECIPE=2
 
 die() {
     echo "build.sh: ERROR: $*" >&2
     exit 1
 }
 log() { echo "build.sh: $*" >&2; }
+
+# A caller-chosen folder that already holds all five binaries needs no Go at all.
+names=(kube-apiserver kube-controller-manager kubectl etcd jobset-controller)
+all_present() { # all_present DIR
+    local n
+    for n in "${names[@]}"; do
+        [[ -x "$1/$n" ]] || return 1
+    done
+}
+if [[ -n "${CONTROL_PLANE_BIN:-}" && $# -eq 0 ]] && all_present "$CONTROL_PLANE_BIN"; then
+    log "reused the cache: all 5 binaries are already in $CONTROL_PLANE_BIN (CONTROL_PLANE_BIN)"
+    echo "$CONTROL_PLANE_BIN"
+    exit 0
+fi
 
 command -v go >/dev/null 2>&1 ||
     die "the 'go' command was not found on PATH; Go >= 1.26 is needed to build the control plane (see tests/cluster/README.md)"
@@ -132,16 +146,7 @@ esac
 
 key="$(cache_key)"
 bin="${CONTROL_PLANE_BIN:-$repo/.cache/control-plane/$key}"
-names=(kube-apiserver kube-controller-manager kubectl etcd jobset-controller)
-
-all_present() {
-    local n
-    for n in "${names[@]}"; do
-        [[ -x "$bin/$n" ]] || return 1
-    done
-}
-
-if all_present; then
+if all_present "$bin"; then
     log "reused the cache: all ${#names[@]} binaries are already in $bin"
     echo "$bin"
     exit 0
@@ -152,7 +157,7 @@ mkdir -p "$bin" || die "cannot create $bin"
 if command -v flock >/dev/null 2>&1; then
     exec 9>"$bin/.lock"
     flock 9
-    if all_present; then
+    if all_present "$bin"; then
         log "reused the cache: another build.sh finished $bin meanwhile"
         echo "$bin"
         exit 0
@@ -184,7 +189,7 @@ package_of() {
 }
 ldflags_of() {
     case "$1" in
-    kube-*) echo "$kube_ldflags" ;;
+    kube-apiserver | kube-controller-manager | kubectl) echo "$kube_ldflags" ;;
     jobset-controller) echo "$jobset_ldflags" ;;
     *) echo "-s -w" ;;
     esac
@@ -208,6 +213,6 @@ for n in "${names[@]}"; do
     mv -f "$bin/.$n.tmp" "$bin/$n"
     log "$n: built in $((SECONDS - start))s"
 done
-all_present || die "build finished but some binaries are missing from $bin"
+all_present "$bin" || die "build finished but some binaries are missing from $bin"
 log "all binaries built in $((SECONDS - total_start))s"
 echo "$bin"

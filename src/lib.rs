@@ -11,3 +11,4 @@ pub mod certs;
 pub mod cli;
 pub mod engine;
 pub mod server;
+pub mod telemetry;

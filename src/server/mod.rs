@@ -1,9 +1,393 @@
-//! The HTTPS admission server and its admin port. (Being written: issue "serve".)
+//! `serve`: the HTTPS admission server and its plain-HTTP admin port.
+//!
+//! Built on tokio-rustls + hyper directly (kubert's shape) rather than axum + axum-server:
+//! the routes are five fixed paths, so a router buys little, while the connection layer is
+//! where the product's guarantees live and axum-server hides it. Owning it gives:
+//! - a per-handshake certificate resolver ([`tls::CertResolver`], an `ArcSwap`) so rotated
+//!   files apply to new handshakes without dropping connections;
+//! - HTTP/1.1 or h2 chosen by the negotiated ALPN (h2 offered only with `--http2`);
+//! - separate header-read and idle deadlines (hyper's `header_read_timeout` would also cut
+//!   idle keep-alive connections after a few seconds; see [`conn`]);
+//! - a connection cap, `TCP_NODELAY`, a lingering close after refusing a body, and a drain
+//!   that finishes in-flight requests and closes keep-alive connections.
+//!
+//! Data flow: bytes in → [`routes`] (HTTP hygiene) → `admission::review` (synchronous,
+//! microseconds) → bytes out. Nothing here knows the AdmissionReview format.
+//!
+//! Shutdown (SIGTERM or SIGINT): `/readyz` fails at once on both ports; after
+//! `--drain-delay` (default 0: use it, or a preStop sleep, so endpoints update before the
+//! listener closes) the webhook port stops accepting, every connection finishes its
+//! current request and closes, and the process waits up to `--shutdown-grace-period` for
+//! them, then exits 0. A second signal exits at once with status 1.
+
+mod config;
+mod conn;
+mod files;
+mod ready;
+mod routes;
+mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-#[derive(clap::Args, Debug)]
-pub struct ServeArgs {}
+use anyhow::{Context as _, bail};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tracing::{error, info, warn};
 
-pub fn run(_args: ServeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("serve is not built yet")
+use crate::admission::{ClusterView, Offline};
+use crate::engine::Targets;
+use crate::telemetry::{self, LogFormat, Metrics};
+
+pub use ready::ReadinessCheck;
+pub use routes::MAX_BODY;
+
+/// Connections the admin port serves at once (probes and scrapes need few).
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address of the HTTPS webhook port (port 0 picks a free port; the log says which).
+    #[arg(long, env = "JRW_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Address of the plain-HTTP admin port: /metrics, /healthz, /readyz.
+    #[arg(long, env = "JRW_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+    /// PEM certificate chain (leaf first); re-read when it changes. Needs --tls-key.
+    /// Without both, a self-signed development CA and certificate are generated.
+    #[arg(long, env = "JRW_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert; re-read when it changes.
+    #[arg(long, env = "JRW_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Cluster config file (YAML): defaults, presets, targets. Re-read when it changes.
+    #[arg(long, env = "JRW_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// What to mutate: `jobsets`, `pods` or `jobsets,pods`; overrides the config's targets.
+    #[arg(long, env = "JRW_TARGETS", value_parser = parse_targets)]
+    pub targets: Option<Targets>,
+    /// Log line format.
+    #[arg(long, env = "JRW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// After a shutdown signal, how long in-flight requests may take to finish.
+    #[arg(long, env = "JRW_SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace_period: Duration,
+    /// After a shutdown signal, keep serving (with /readyz failing and every answer closing
+    /// its connection) this long before the listener closes, so that endpoints update first.
+    #[arg(long, env = "JRW_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+    /// Also offer HTTP/2 (ALPN h2). Off by default: the API server calls webhooks over
+    /// HTTP/1.1, and h2 brings the rapid-reset class of attacks.
+    #[arg(long, env = "JRW_HTTP2")]
+    pub http2: bool,
+    /// How often --tls-cert, --tls-key and --config are checked for changes.
+    #[arg(long, env = "JRW_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+    /// Open connections on the webhook port; more are closed at once.
+    #[arg(long, env = "JRW_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+    /// Time a client has to send a request's head (from its first byte, or from the end of
+    /// the TLS handshake).
+    #[arg(long, env = "JRW_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Time a request's body may take to arrive (answered 408 after it).
+    #[arg(long, env = "JRW_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Time a TLS handshake may take.
+    #[arg(long, env = "JRW_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
+    /// An idle keep-alive connection is closed after this long (longer than the API
+    /// server's 90 s, so the client closes first).
+    #[arg(long, env = "JRW_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+}
+
+fn parse_targets(s: &str) -> Result<Targets, String> {
+    Targets::parse(s.split(','))
+}
+
+/// `500ms`, `5s`, `2m`, `1h`, or a number of seconds (`30`, `1.5`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; write e.g. 500ms, 5s, 2m or 1h"))?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "{other:?} is not a duration unit; use ms, s, m or h"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// What the rest of the program plugs into the server.
+pub struct ServerOptions {
+    /// Namespace labels, parent JobSets and cluster facts for the request path.
+    pub cluster: Arc<dyn ClusterView>,
+    /// Extra `/readyz` conditions (e.g. caches synced).
+    pub readiness: Vec<Arc<dyn ReadinessCheck>>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            cluster: Arc::new(Offline),
+            readiness: Vec::new(),
+        }
+    }
+}
+
+/// The `serve` subcommand: logging, crypto provider, runtime, signals, then [`serve`].
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    telemetry::init_logging(args.log_format);
+    // Process-wide default; `Err` only means one is installed already.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    install_panic_hook();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut signals = Signals::new().context("installing signal handlers")?;
+        tokio::spawn(async move {
+            let first = signals.recv().await;
+            info!(signal = first, "shutdown signal received");
+            let _ = tx.send(());
+            let second = signals.recv().await;
+            error!(
+                signal = second,
+                "second shutdown signal: exiting without waiting"
+            );
+            std::process::exit(1);
+        });
+        serve(args, ServerOptions::default(), async move {
+            let _ = rx.await;
+        })
+        .await
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        error!(panic = %info, "panic");
+    }));
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// Runs the server until `shutdown` resolves, then drains (see the module comment).
+/// Credentials and the config are loaded and checked before anything binds.
+pub async fn serve(
+    args: ServeArgs,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    // 1. Everything that can be wrong in a file, before binding.
+    let (store, config_snapshot) = config::ConfigStore::load(args.config.as_deref(), args.targets)?;
+    let store = Arc::new(store);
+    let metrics = Arc::new(Metrics::new());
+    config::record_initial(&metrics);
+
+    let (loaded, cert_files) = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let (loaded, snapshot) = tls::load_files(cert, key)?;
+            tls::check_validity(&loaded, &cert.display().to_string());
+            (loaded, Some((cert.clone(), key.clone(), snapshot)))
+        }
+        (None, None) => {
+            let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+            let g = crate::certs::generate(&names, 365)
+                .context("generating the development certificate")?;
+            let loaded = tls::load_pem(
+                g.cert_pem.as_bytes(),
+                g.key_pem.as_bytes(),
+                "generated",
+                "generated",
+            )
+            .map_err(|e| anyhow::anyhow!("development certificate: {e}"))?;
+            warn!(
+                names = %names.join(","),
+                not_after = %g.not_after.date(),
+                "no --tls-cert/--tls-key: generated a self-signed development CA and certificate \
+                 (kept in memory only; clients must skip verification). Use `certs` and \
+                 --tls-cert/--tls-key for anything else"
+            );
+            (loaded, None)
+        }
+        _ => bail!("--tls-cert and --tls-key go together: give both or neither"),
+    };
+    metrics.cert_not_after.set(loaded.not_after);
+    let resolver = Arc::new(tls::CertResolver::new(loaded.key.clone()));
+    let tls_config = tls::server_config(resolver.clone(), args.http2)?;
+
+    // 2. Bind.
+    let tls_listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
+    let admin_listener = TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("binding --metrics-listen {}", args.metrics_listen))?;
+    let tls_addr = tls_listener
+        .local_addr()
+        .context("reading the webhook port's address")?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .context("reading the admin port's address")?;
+
+    // 3. Serve.
+    let readiness = Arc::new(ready::Readiness::new(
+        tls::SelfCheck::new(tls_addr)?,
+        store.clone(),
+        options.readiness,
+    ));
+    let app = Arc::new(routes::App {
+        config: store.clone(),
+        cluster: options.cluster,
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+        max_body: MAX_BODY,
+        body_timeout: args.body_read_timeout,
+    });
+    let limits = conn::Limits {
+        header_read: args.header_read_timeout,
+        idle: args.idle_timeout,
+        tls_handshake: args.tls_handshake_timeout,
+    };
+    // `drain`: the webhook port stops accepting and its connections finish and close.
+    // `stop`: everything else (admin port, reloaders) ends.
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let webhook_connections = Arc::new(Semaphore::new(args.max_connections as usize));
+    let webhook = conn::Listener {
+        app: app.clone(),
+        port: routes::Port::Webhook,
+        tls: Some(tokio_rustls::TlsAcceptor::from(tls_config)),
+        limits,
+        connections: webhook_connections.clone(),
+        shutdown: drain_rx.clone(),
+    };
+    let admin = conn::Listener {
+        app: app.clone(),
+        port: routes::Port::Admin,
+        tls: None,
+        limits,
+        connections: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
+        shutdown: stop_rx.clone(),
+    };
+    let webhook_accept = tokio::spawn(conn::accept_loop(tls_listener, webhook, drain_rx));
+    let admin_accept = tokio::spawn(conn::accept_loop(admin_listener, admin, stop_rx.clone()));
+    if let Some(snapshot) = config_snapshot {
+        tokio::spawn(config::reload_loop(
+            store.clone(),
+            snapshot,
+            metrics.clone(),
+            args.reload_interval,
+            stop_rx.clone(),
+        ));
+    }
+    if let Some((cert, key, snapshot)) = cert_files {
+        tokio::spawn(tls::reload_loop(
+            cert,
+            key,
+            snapshot,
+            resolver,
+            metrics.clone(),
+            args.reload_interval,
+            stop_rx.clone(),
+        ));
+    }
+    let targets = store.load_current().targets;
+    info!(
+        %tls_addr,
+        %admin_addr,
+        %targets,
+        config = %args.config.as_ref().map_or("-".to_owned(), |p| p.display().to_string()),
+        http2 = args.http2,
+        cert_subject = %loaded.subject,
+        cert_not_after = loaded.not_after,
+        "listening"
+    );
+
+    // 4. Drain.
+    shutdown.await;
+    readiness.start_draining();
+    info!(drain_delay = ?args.drain_delay, "draining: /readyz fails and answers close their connections");
+    if !args.drain_delay.is_zero() {
+        tokio::time::sleep(args.drain_delay).await;
+    }
+    let _ = drain_tx.send(true);
+    let _ = webhook_accept.await;
+    info!(grace_period = ?args.shutdown_grace_period, "webhook port closed; waiting for in-flight requests");
+    let all = args.max_connections;
+    match tokio::time::timeout(
+        args.shutdown_grace_period,
+        webhook_connections.acquire_many(all),
+    )
+    .await
+    {
+        Ok(_) => info!("all connections finished; exiting"),
+        Err(_) => {
+            let open = all as usize - webhook_connections.available_permits();
+            warn!(open, "grace period over; closing the remaining connections");
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(1), admin_accept).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
 }

@@ -1,1 +1,69 @@
-fn main() {}
+//! Engine cost per JobSet size (issue: the core engine). Each JobSet has N replicated jobs of
+//! 8 containers with env, resources and probes, opted in; the bench measures one
+//! `mutate_jobset` call on the raw JSON (decision + patch), which is what a review costs
+//! beyond decoding the AdmissionReview envelope. Run: `cargo bench --bench engine`.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use jobset_restart_webhook::engine::{ClusterFacts, Config, Context, mutate_jobset};
+use serde_json::{Value, json};
+
+pub fn container(i: usize) -> Value {
+    json!({
+        "name": format!("c{i}"),
+        "image": format!("registry.example/train/worker-{i}:2026.11"),
+        "command": ["python", "-m", "train", "--epochs", "100"],
+        "env": (0..6).map(|e| json!({"name": format!("ENV_{e}"), "value": format!("value-{e}-{i}")})).collect::<Vec<_>>(),
+        "resources": {"limits": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}, "requests": {"cpu": "8", "memory": "32Gi"}},
+        "ports": [{"containerPort": 8080 + i, "name": "metrics"}],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080 + i}, "periodSeconds": 10},
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+    })
+}
+
+pub fn jobset(rjobs: usize, containers: usize) -> Value {
+    json!({
+        "apiVersion": "jobset.x-k8s.io/v1alpha2",
+        "kind": "JobSet",
+        "metadata": {"name": "bench", "namespace": "ml", "annotations": {"restart.jobset.dev/in-place": "enabled"}},
+        "spec": {"replicatedJobs": (0..rjobs).map(|r| json!({
+            "name": format!("rjob-{r}"),
+            "replicas": 4,
+            "template": {"spec": {"parallelism": 2, "completions": 2, "backoffLimit": 0, "template": {"spec": {
+                "containers": (0..containers).map(container).collect::<Vec<_>>(),
+                "volumes": [{"name": "data", "emptyDir": {}}],
+            }}}}
+        })).collect::<Vec<_>>()}
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let config = Config::default();
+    let ctx = Context {
+        config: &config,
+        namespace_labels: None,
+        facts: ClusterFacts::default(),
+    };
+    let mut group = c.benchmark_group("mutate_jobset");
+    for rjobs in [1usize, 10, 50] {
+        let raw = jobset(rjobs, 8).to_string();
+        group.throughput(Throughput::Elements((rjobs * 8) as u64));
+        group.bench_with_input(BenchmarkId::new("rjobs_x8", rjobs), &raw, |b, raw| {
+            b.iter(|| mutate_jobset(black_box(raw), &ctx).map(|m| m.patch.len()))
+        });
+    }
+    // The floor for comparison: decoding the same JSON into a serde_json::Value.
+    let raw = jobset(50, 8).to_string();
+    group.bench_function("parse_to_value_floor/50", |b| {
+        b.iter(|| serde_json::from_str::<Value>(black_box(&raw)).map(|v| v.is_object()))
+    });
+    group.bench_function("skip_floor/50", |b| {
+        b.iter(|| serde_json::from_str::<serde::de::IgnoredAny>(black_box(&raw)).is_ok())
+    });
+    eprintln!("50x8 JobSet JSON: {} bytes", raw.len());
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

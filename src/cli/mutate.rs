@@ -81,11 +81,11 @@ pub fn run(args: MutateArgs) -> anyhow::Result<ExitCode> {
     for doc in &docs {
         let label = describe(doc);
         match preview.one(doc) {
-            Ok((object, m)) => {
-                for w in &m.warnings {
+            Ok(p) => {
+                for w in &p.warnings {
                     eprintln!("Warning: {label}: {w}");
                 }
-                results.push((object, m));
+                results.push(p);
             }
             Err(d) => {
                 eprintln!("error: {label}: {}", d.message);
@@ -98,9 +98,9 @@ pub fn run(args: MutateArgs) -> anyhow::Result<ExitCode> {
     }
     let items: Vec<Value> = results
         .into_iter()
-        .map(|(object, m)| match args.output {
-            Output::Patch => serde_json::to_value(&m.patch).unwrap_or(Value::Null),
-            _ => object,
+        .map(|p| match args.output {
+            Output::Patch => p.patch,
+            _ => p.object,
         })
         .collect();
     let out = match <[Value; 1]>::try_from(items) {
@@ -157,6 +157,34 @@ fn describe(doc: &Value) -> String {
     }
 }
 
+/// One previewed document: the object as the API server would store it, the warnings, and
+/// the RFC 6902 patch that turned the input into it.
+struct Previewed {
+    object: Value,
+    warnings: Vec<String>,
+    patch: Value,
+}
+
+impl Previewed {
+    fn from_mutation(doc: &Value, m: Mutation) -> Result<Self, Denial> {
+        let mut object = doc.clone();
+        m.patch.apply(&mut object).map_err(internal)?;
+        let patch = serde_json::to_value(&m.patch).map_err(internal)?;
+        Ok(Self {
+            object,
+            warnings: m.warnings,
+            patch,
+        })
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Denial {
+    Denial {
+        code: 500,
+        message: format!("internal error: the computed patch does not apply: {e}"),
+    }
+}
+
 /// The documents' context: JobSets in the input serve as the parents of Pods in it.
 struct Preview<'a> {
     config: &'a Config,
@@ -201,7 +229,7 @@ impl<'a> Preview<'a> {
         }
     }
 
-    fn one(&self, doc: &Value) -> Result<(Value, Mutation), Denial> {
+    fn one(&self, doc: &Value) -> Result<Previewed, Denial> {
         let ctx = Context {
             config: self.config,
             namespace_labels: Some(&self.labels),
@@ -227,12 +255,12 @@ impl<'a> Preview<'a> {
             Some("AdmissionReview") => return self.review(doc),
             _ => Mutation::default(),
         };
-        Ok((apply(doc, &m)?, m))
+        Previewed::from_mutation(doc, m)
     }
 
     /// An AdmissionReview goes through the same code as the webhook; the printed object is
     /// `request.object` with the answer's patch applied.
-    fn review(&self, doc: &Value) -> Result<(Value, Mutation), Denial> {
+    fn review(&self, doc: &Value) -> Result<Previewed, Denial> {
         let bad = |message: String| Denial { code: 400, message };
         let answer = admission::review(doc.to_string().as_bytes(), self.config, self)
             .map_err(|e| bad(e.to_string()))?;
@@ -270,33 +298,20 @@ impl<'a> Preview<'a> {
                     .collect()
             })
             .unwrap_or_default();
-        let summary = r
-            .pointer("/auditAnnotations/applied")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let m = Mutation {
-            patch,
-            warnings,
-            summary,
-            parent_unknown: false,
-        };
-        let object = doc
+        let mut object = doc
             .pointer("/request/object")
             .cloned()
             .unwrap_or(Value::Null);
-        Ok((apply(&object, &m)?, m))
+        json_patch::patch(&mut object, &patch).map_err(internal)?;
+        let patch = serde_json::to_value(&patch).map_err(internal)?;
+        Ok(Previewed {
+            object,
+            warnings,
+            patch,
+        })
     }
 }
 
 fn kind_of(doc: &Value) -> Option<&str> {
     doc.get("kind").and_then(Value::as_str)
-}
-
-fn apply(doc: &Value, m: &Mutation) -> Result<Value, Denial> {
-    let mut out = doc.clone();
-    json_patch::patch(&mut out, &m.patch).map_err(|e| Denial {
-        code: 500,
-        message: format!("internal error: the computed patch does not apply: {e}"),
-    })?;
-    Ok(out)
 }

@@ -8,13 +8,17 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
+use std::sync::Arc;
+
+use json_patch::jsonptr::PointerBuf;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::annotations::{self, APPLIED, AnnotationError, Annotations, Scope, quote};
 use super::config::Config;
+use super::patch::Patch;
 use super::policy::{self, ClusterFacts, Decision, Inputs, Resolved};
 
 /// Labels the JobSet controller puts on every pod it creates.
@@ -33,7 +37,7 @@ pub struct Context<'a> {
 /// The result of a mutation that is allowed.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Mutation {
-    pub patch: Vec<PatchOperation>,
+    pub patch: Patch,
     pub warnings: Vec<String>,
     /// What was injected, e.g. `workers/trainer=RestartAllContainers:NotIn(0)`; `None` when
     /// in-place restart does not apply to this object.
@@ -73,23 +77,16 @@ impl ParentJobSet {
     /// Extracts the parent view from a raw JobSet (used by `mutate` for pods whose JobSet is
     /// in the same input, and by the cluster cache).
     pub fn from_jobset_json(raw: &str) -> Result<Self, serde_json::Error> {
-        let head: Head<'_> = serde_json::from_str(raw)?;
+        let doc: JobSetDoc<'_> = serde_json::from_str(raw)?;
         let mut out = Self {
-            annotations: ours(head.metadata.as_ref().and_then(|m| m.annotations.as_ref())),
+            annotations: ours(doc.metadata.as_ref().and_then(|m| m.annotations.as_ref())),
             replicated_jobs: BTreeMap::new(),
         };
-        if let Some(spec) = head.spec {
-            let spec: JobSetSpec<'_> = serde_json::from_str(spec.get())?;
-            for rj in &spec.replicated_jobs {
-                let anns = ours(
-                    rj.template
-                        .as_ref()
-                        .and_then(|t| t.metadata.as_ref())
-                        .and_then(|m| m.annotations.as_ref()),
-                );
-                if let Some(name) = &rj.name {
-                    out.replicated_jobs.insert(name.to_string(), anns);
-                }
+        for rj in doc.spec.iter().flat_map(|s| &s.replicated_jobs) {
+            let template_meta = rj.template.as_ref().and_then(|t| t.metadata.as_ref());
+            if let Some(name) = &rj.name {
+                let anns = ours(template_meta.and_then(|m| m.annotations.as_ref()));
+                out.replicated_jobs.insert(name.to_string(), anns);
             }
         }
         Ok(out)
@@ -108,6 +105,17 @@ fn ours(map: Option<&BTreeMap<Cow<'_, str>, Cow<'_, str>>>) -> BTreeMap<String, 
 
 type StrMap<'a> = BTreeMap<Cow<'a, str>, Cow<'a, str>>;
 
+/// The whole JobSet in one pass (the common case).
+#[derive(Deserialize)]
+struct JobSetDoc<'a> {
+    #[serde(borrow)]
+    metadata: Option<Meta<'a>>,
+    #[serde(borrow)]
+    spec: Option<JobSetSpec<'a>>,
+}
+
+/// Metadata only, with the spec left unread: used when the full view does not fit, to tell
+/// whether the object concerns the webhook at all.
 #[derive(Deserialize)]
 struct Head<'a> {
     #[serde(borrow)]
@@ -184,43 +192,17 @@ struct Container<'a> {
 
 /// Mutates a JobSet CREATE. `raw` is the JSON of `request.object`.
 pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
-    let head: Head<'_> = serde_json::from_str(raw).map_err(|e| Denial {
-        code: 400,
-        message: format!("the object is not a JobSet the webhook can read: {e}"),
-    })?;
-    let meta_annotations = head.metadata.as_ref().and_then(|m| m.annotations.as_ref());
-    let jobset = parse_map(meta_annotations, &Scope::JobSet)?;
-
-    let mut out = Mutation::default();
     let (namespace, ns_warning) = policy::namespace_default(ctx.namespace_labels);
-
-    let spec: JobSetSpec<'_> = match head.spec {
-        None => JobSetSpec {
-            replicated_jobs: Vec::new(),
-        },
-        Some(spec) => match serde_json::from_str(spec.get()) {
-            Ok(s) => s,
-            Err(e) => {
-                // Only a JobSet that opted in needs its spec read; the API server's own schema
-                // validation answers for the rest.
-                let mut w = Vec::new();
-                let inputs = Inputs {
-                    jobset: &jobset,
-                    replicated_job: None,
-                    namespace,
-                    config: ctx.config,
-                    facts: ctx.facts,
-                };
-                return match policy::resolve(&inputs, &mut w)? {
-                    Decision::Disabled => Ok(out),
-                    Decision::Enabled(_) => Err(Denial {
-                        code: 400,
-                        message: format!("spec: not a JobSet spec the webhook can read: {e}"),
-                    }),
-                };
-            }
-        },
+    let doc: JobSetDoc<'_> = match serde_json::from_str(raw) {
+        Ok(d) => d,
+        Err(e) => return unreadable_jobset(raw, &e, namespace, ctx),
     };
+    let meta_annotations = doc.metadata.as_ref().and_then(|m| m.annotations.as_ref());
+    let jobset = parse_map(meta_annotations, &Scope::JobSet)?;
+    let mut out = Mutation::default();
+    let spec = doc.spec.unwrap_or(JobSetSpec {
+        replicated_jobs: Vec::new(),
+    });
 
     // Validate every annotation of every replicated job before deciding anything, so that an
     // invalid value is reported even where it would not be used.
@@ -296,16 +278,11 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
             ));
             continue;
         };
-        let base = [
-            "spec",
-            "replicatedJobs",
-            &i.to_string(),
-            "template",
-            "spec",
-            "template",
-            "spec",
-        ]
-        .map(str::to_owned);
+        let base = PointerBuf::from_tokens(["spec", "replicatedJobs"])
+            .with_trailing_token(i)
+            .concat(&PointerBuf::from_tokens([
+                "template", "spec", "template", "spec",
+            ]));
         plan_pod_spec(
             pod_spec,
             &base,
@@ -317,9 +294,7 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
             &mut applied,
         )?;
         match pod_spec.restart_policy.as_deref() {
-            None => out
-                .patch
-                .push(add(&base, &["restartPolicy"], json!("Never"))),
+            None => out.patch.add_under(&base, "restartPolicy", never()),
             Some("Never") => {}
             Some("OnFailure") => out.warnings.push(format!(
                 "replicated job {}: the pod template sets restartPolicy: OnFailure, so every \
@@ -358,26 +333,48 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
     let summary = applied.join(", ");
     let current = meta_annotations.and_then(|m| m.get(APPLIED));
     if current.map(|c| c.as_ref()) != Some(summary.as_str()) {
-        out.patch.push(match (&head.metadata, meta_annotations) {
-            (_, Some(_)) => add(
-                &["metadata".into(), "annotations".into()],
-                &[APPLIED],
-                json!(summary),
-            ),
-            (Some(_), None) => add(
-                &["metadata".into()],
-                &["annotations"],
-                json!({ APPLIED: summary }),
-            ),
-            (None, None) => add(
-                &[],
+        let (tokens, value): (&[&str], Value) = match (&doc.metadata, meta_annotations) {
+            (_, Some(_)) => (&["metadata", "annotations", APPLIED], json!(summary)),
+            (Some(_), None) => (&["metadata", "annotations"], json!({ APPLIED: summary })),
+            (None, None) => (
                 &["metadata"],
                 json!({ "annotations": { APPLIED: summary } }),
             ),
-        });
+        };
+        out.patch.add(tokens.iter().copied(), Arc::new(value));
     }
     out.summary = Some(summary);
     Ok(out)
+}
+
+/// The JobSet does not fit the view (a field of the wrong type). Only a JobSet that opts in
+/// needs its spec read; the API server's schema validation answers for the rest.
+fn unreadable_jobset(
+    raw: &str,
+    err: &serde_json::Error,
+    namespace: Option<annotations::InPlace>,
+    ctx: &Context<'_>,
+) -> Result<Mutation, Denial> {
+    let head: Head<'_> = serde_json::from_str(raw).map_err(|e| Denial {
+        code: 400,
+        message: format!("the object is not a JobSet the webhook can read: {e}"),
+    })?;
+    let annotations = head.metadata.as_ref().and_then(|m| m.annotations.as_ref());
+    let jobset = parse_map(annotations, &Scope::JobSet)?;
+    let inputs = Inputs {
+        jobset: &jobset,
+        replicated_job: None,
+        namespace,
+        config: ctx.config,
+        facts: ctx.facts,
+    };
+    match policy::resolve(&inputs, &mut Vec::new())? {
+        Decision::Disabled => Ok(Mutation::default()),
+        Decision::Enabled(_) => Err(Denial {
+            code: 400,
+            message: format!("spec: not a JobSet spec the webhook can read: {err}"),
+        }),
+    }
 }
 
 fn parse_map(map: Option<&StrMap<'_>>, scope: &Scope) -> Result<Annotations, AnnotationError> {
@@ -486,7 +483,7 @@ fn plan_pod(
         None => return Ok(()),
     };
     let mut applied = Vec::new();
-    let base = ["spec".to_owned()];
+    let base = PointerBuf::from_tokens(["spec"]);
     plan_pod_spec(
         &spec,
         &base,
@@ -512,6 +509,13 @@ enum Target {
     Pod,
 }
 
+/// `"Never"`, shared by every container the engine touches.
+fn never() -> Arc<Value> {
+    static NEVER: std::sync::LazyLock<Arc<Value>> =
+        std::sync::LazyLock::new(|| Arc::new(json!("Never")));
+    Arc::clone(&NEVER)
+}
+
 /// The rule as it is written into a container.
 fn rules_value(r: &Resolved) -> Value {
     json!([{
@@ -524,7 +528,7 @@ fn rules_value(r: &Resolved) -> Value {
 #[allow(clippy::too_many_arguments)]
 fn plan_pod_spec(
     spec: &PodSpec<'_>,
-    base: &[String],
+    base: &PointerBuf,
     resolved: &Resolved,
     rjob: &str,
     target: Target,
@@ -532,7 +536,7 @@ fn plan_pod_spec(
     out: &mut Mutation,
     applied: &mut Vec<String>,
 ) -> Result<(), Denial> {
-    let rules = rules_value(resolved);
+    let rules = Arc::new(rules_value(resolved));
     let rule_text = format!(
         "{}:{}({})",
         resolved.action,
@@ -561,16 +565,17 @@ fn plan_pod_spec(
             }
             found.insert(name);
         }
-        let path = [base, &["containers".to_owned(), j.to_string()]].concat();
+        let path = base
+            .with_trailing_token("containers")
+            .with_trailing_token(j);
         match (&c.restart_policy, &c.restart_policy_rules) {
             (None, None) => {
+                out.patch.add_under(&path, "restartPolicy", never());
                 out.patch
-                    .push(add(&path, &["restartPolicy"], json!("Never")));
-                out.patch
-                    .push(add(&path, &["restartPolicyRules"], rules.clone()));
+                    .add_under(&path, "restartPolicyRules", rules.clone());
                 applied.push(format!("{}={rule_text}", label(name)));
             }
-            (Some(p), Some(r)) if p == "Never" && *r == rules => {
+            (Some(p), Some(r)) if p == "Never" && *r == *rules => {
                 applied.push(format!("{}={rule_text}", label(name)));
             }
             _ if target == Target::Pod => {}
@@ -609,14 +614,16 @@ fn plan_pod_spec(
                     ),
                 });
             }
-            let path = [base, &["initContainers".to_owned(), j.to_string()]].concat();
+            let path = base
+                .with_trailing_token("initContainers")
+                .with_trailing_token(j);
             match &c.restart_policy_rules {
                 None => {
                     out.patch
-                        .push(add(&path, &["restartPolicyRules"], rules.clone()));
+                        .add_under(&path, "restartPolicyRules", rules.clone());
                     applied.push(format!("{}={rule_text}", label(name)));
                 }
-                Some(r) if *r == rules => applied.push(format!("{}={rule_text}", label(name))),
+                Some(r) if *r == *rules => applied.push(format!("{}={rule_text}", label(name))),
                 Some(_) if target == Target::Pod => {}
                 Some(_) => out.warnings.push(format!(
                     "{} already sets restartPolicyRules; left unchanged",
@@ -642,13 +649,4 @@ fn plan_pod_spec(
         }
     }
     Ok(())
-}
-
-/// An `add` operation at `base` + `tail`; tokens are escaped (`~` and `/`) by jsonptr.
-fn add(base: &[String], tail: &[&str], value: Value) -> PatchOperation {
-    let tokens = base.iter().map(String::as_str).chain(tail.iter().copied());
-    PatchOperation::Add(AddOperation {
-        path: PointerBuf::from_tokens(tokens),
-        value,
-    })
 }

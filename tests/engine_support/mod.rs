@@ -34,7 +34,7 @@ pub fn changed_paths(a: &Value, b: &Value) -> Vec<String> {
 /// Applies the mutation's patch; panics with the reason when it does not apply.
 pub fn apply(doc: &Value, m: &Mutation) -> Value {
     let mut out = doc.clone();
-    if let Err(e) = json_patch::patch(&mut out, &m.patch) {
+    if let Err(e) = m.patch.apply(&mut out) {
         panic!(
             "the patch does not apply to the object it was computed from: {e}\npatch: {:?}",
             m.patch

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use jobset_restart_webhook::engine::{
-    ClusterFacts, Config, Context, Mutation, ParentJobSet, mutate_jobset, mutate_pod,
+    ClusterFacts, Config, Context, ParentJobSet, mutate_jobset, mutate_pod,
 };
 use serde_json::{Value, json};
 
@@ -47,7 +47,7 @@ fn container(base: &str, i: usize) -> [String; 2] {
 fn cases() -> Vec<Case> {
     let pod_rp = |base: &str| format!("{base}/restartPolicy");
     let mut v = Vec::new();
-    let mut paths = |parts: Vec<Vec<String>>| {
+    let paths = |parts: Vec<Vec<String>>| {
         let mut p: Vec<String> = parts.into_iter().flatten().collect();
         p.sort();
         p

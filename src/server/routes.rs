@@ -303,7 +303,114 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use crate::engine::{ClusterFacts, ParentJobSet};
+
+    /// A cluster view whose every answer panics: stands in for a bug on the request path.
+    struct Exploding;
+
+    impl ClusterView for Exploding {
+        fn namespace_labels(&self, _: &str) -> Option<Arc<BTreeMap<String, String>>> {
+            panic!("namespace cache exploded")
+        }
+        fn parent_jobset(&self, _: &str, _: &str) -> Option<ParentJobSet> {
+            panic!("jobset cache exploded")
+        }
+        fn facts(&self) -> ClusterFacts {
+            panic!("facts exploded")
+        }
+    }
+
+    fn app(cluster: Arc<dyn ClusterView>) -> App {
+        let (store, _) = ConfigStore::load(None, None).expect("config");
+        let store = Arc::new(store);
+        let addr = "127.0.0.1:9".parse().expect("addr");
+        let readiness = Readiness::new(
+            super::super::tls::SelfCheck::new(addr).expect("self check"),
+            store.clone(),
+            Vec::new(),
+        );
+        App {
+            config: store,
+            cluster,
+            metrics: Arc::new(Metrics::new()),
+            readiness: Arc::new(readiness),
+            max_body: MAX_BODY,
+            body_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn post(body: &str) -> Request<Full<Bytes>> {
+        Request::post("/mutate")
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .expect("request")
+    }
+
+    const JOBSET_REVIEW: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview",
+        "request":{"uid":"u1","kind":{"group":"jobset.x-k8s.io","version":"v1alpha2","kind":"JobSet"},
+        "operation":"CREATE","namespace":"ml","name":"js",
+        "object":{"metadata":{"name":"js","annotations":{"restart.jobset.dev/in-place":"enabled"}},
+        "spec":{"replicatedJobs":[]}}}}"#;
+
+    #[tokio::test]
+    async fn a_panicking_review_is_answered_500_and_counted() {
+        let app = app(Arc::new(Exploding));
+        let resp = handle(&app, Port::Webhook, post(JOBSET_REVIEW)).await;
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(app.metrics.panics.get(), 1);
+        assert_eq!(app.metrics.in_flight.get(), 0);
+        // And the next request is served normally.
+        let app2 = App {
+            cluster: Arc::new(admission::Offline),
+            ..app
+        };
+        let resp = handle(&app2, Port::Webhook, post(JOBSET_REVIEW)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn routes_and_methods() {
+        let app = app(Arc::new(admission::Offline));
+        let get = |path: &str| {
+            Request::get(path)
+                .body(Full::new(Bytes::new()))
+                .expect("request")
+        };
+        let status = |r: Resp| r.status().as_u16();
+        assert_eq!(
+            status(handle(&app, Port::Webhook, get("/healthz")).await),
+            200
+        );
+        assert_eq!(
+            status(handle(&app, Port::Webhook, get("/metrics")).await),
+            404
+        );
+        assert_eq!(
+            status(handle(&app, Port::Admin, get("/metrics")).await),
+            200
+        );
+        assert_eq!(status(handle(&app, Port::Admin, get("/mutate")).await), 404);
+        assert_eq!(
+            status(handle(&app, Port::Webhook, get("/mutate")).await),
+            405
+        );
+        let post_health = Request::post("/healthz")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        assert_eq!(status(handle(&app, Port::Admin, post_health).await), 405);
+        // Nothing listens on the self-check address: not ready, and the body says why.
+        let r = handle(&app, Port::Admin, get("/readyz")).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = r.into_body().collect().await.expect("body").to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            body.contains("[-]tls failed") && body.contains("[+]config ok"),
+            "{body}"
+        );
+    }
 
     #[test]
     fn json_content_types() {

@@ -324,6 +324,78 @@ async fn half_sent_header_is_closed_but_idle_keep_alive_is_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_handshakes_slow_bodies_and_extra_connections_are_cut_off() {
+    bounded(60, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let certs = Certs::new(tmp.path());
+        let w = Webhook::start(&[
+            "--tls-cert",
+            &certs.cert(),
+            "--tls-key",
+            &certs.key(),
+            "--tls-handshake-timeout",
+            "1s",
+            "--body-read-timeout",
+            "1s",
+            "--max-connections",
+            "3",
+        ]);
+        let closes_within = |mut s: tokio::net::TcpStream, min: Duration, max: Duration| async move {
+            let start = Instant::now();
+            let mut buf = [0u8; 64];
+            let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("the server must close the connection");
+            assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+            let elapsed = start.elapsed();
+            assert!(elapsed >= min && elapsed < max, "closed after {elapsed:?}");
+        };
+
+        // A TCP connection that never starts TLS.
+        let tcp = tokio::net::TcpStream::connect(w.tls).await.unwrap();
+        closes_within(tcp, Duration::from_millis(900), Duration::from_secs(4)).await;
+
+        // A body that stops arriving: 408, and the connection closes.
+        let mut s = raw_tls(w.tls, &certs.ca, &[b"http/1.1"]).await;
+        s.write_all(post_head(1000).as_bytes()).await.unwrap();
+        s.write_all(b"{\"apiVersion\":").await.unwrap();
+        let start = Instant::now();
+        let r = read_response(&mut s).await;
+        assert_eq!(r.status, 408, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(start.elapsed() < Duration::from_secs(4), "{:?}", start.elapsed());
+        drop(s);
+
+        // --max-connections 3: a fourth connection is closed at once.
+        eventually(Duration::from_secs(5), "earlier connections to close", || async {
+            (w.metric("jobset_restart_webhook_connections_open").await == 0.0).then_some(())
+        })
+        .await;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(raw_tls(w.tls, &certs.ca, &[b"http/1.1"]).await);
+        }
+        let tcp = tokio::net::TcpStream::connect(w.tls).await.unwrap();
+        closes_within(tcp, Duration::ZERO, Duration::from_secs(1)).await;
+        let body = serde_json::to_vec(&review("cap", "CREATE", &jobset(&[]))).unwrap();
+        assert_eq!(raw_post(&mut held[0], &body).await.status, 200);
+
+        let m = w.metrics().await;
+        let p = "jobset_restart_webhook_";
+        for (series, want) in [
+            (r#"connection_timeouts_total{phase="handshake"}"#, 1.0),
+            (r#"connection_timeouts_total{phase="body"}"#, 1.0),
+            (r#"bad_requests_total{code="408"}"#, 1.0),
+            ("connections_rejected_total", 1.0),
+            ("connections_open", 3.0),
+        ] {
+            assert_eq!(metric(&m, &format!("{p}{series}")), want, "{series}\n{m}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alpn_offers_http1_only_unless_http2_is_on() {
     bounded(60, async {
         let tmp = tempfile::tempdir().unwrap();

@@ -29,10 +29,17 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global tracing subscriber (stderr). The level comes from `RUST_LOG`
-/// (default `info`). Calling it twice is harmless: the second call does nothing.
+/// Default filter: `info`, except rustls, whose warnings are about what clients send (an IP
+/// address as SNI, say) and would let any client fill the log. Failed handshakes are counted
+/// in a metric and logged at debug.
+pub const DEFAULT_LOG_FILTER: &str = "info,rustls=error";
+
+/// Installs the global tracing subscriber (stderr). The filter comes from `RUST_LOG`
+/// (default [`DEFAULT_LOG_FILTER`]). Calling it twice is harmless: the second call does
+/// nothing.
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -365,7 +365,7 @@ pub async fn serve(
     {
         Ok(_) => info!("all connections finished; exiting"),
         Err(_) => {
-            let open = all as usize - webhook_connections.available_permits();
+            let open = (all as usize).saturating_sub(webhook_connections.available_permits());
             warn!(open, "grace period over; closing the remaining connections");
         }
     }

@@ -166,7 +166,7 @@ impl Drop for Busy {
 /// trickles TLS records is timed like one that trickles plaintext.
 pub(crate) struct ClockedIo<T> {
     inner: T,
-    clock: Option<Arc<Clock>>,
+    clock: Arc<Clock>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for ClockedIo<T> {
@@ -177,10 +177,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClockedIo<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let (Poll::Ready(Ok(())), Some(clock)) = (&r, &self.clock)
-            && buf.filled().len() > before
-        {
-            clock.bytes_read();
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.clock.bytes_read();
         }
         r
     }
@@ -262,15 +260,25 @@ pub(crate) async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let l = l.clone();
         tokio::spawn(async move {
-            let webhook = l.port == Port::Webhook;
-            if webhook {
-                l.app.metrics.connections_open.inc();
-            }
+            let _open = (l.port == Port::Webhook).then(|| OpenConnection::new(&l.app));
             connection(tcp, peer, &l, permit).await;
-            if webhook {
-                l.app.metrics.connections_open.dec();
-            }
         });
+    }
+}
+
+/// Counts an open webhook connection until dropped.
+struct OpenConnection(Arc<App>);
+
+impl OpenConnection {
+    fn new(app: &Arc<App>) -> Self {
+        app.metrics.connections_open.inc();
+        Self(app.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.metrics.connections_open.dec();
     }
 }
 
@@ -283,7 +291,7 @@ async fn connection(
     let clock = Clock::new(l.limits);
     let io = ClockedIo {
         inner: tcp,
-        clock: Some(clock.clone()),
+        clock: clock.clone(),
     };
     let Some(acceptor) = &l.tls else {
         serve_h1(io, clock, l).await;

@@ -53,6 +53,27 @@ fn bench(c: &mut Criterion) {
             b.iter(|| mutate_jobset(black_box(raw), &ctx).map(|m| m.patch.len()))
         });
     }
+    // The same shape with lean containers (name and image only): the engine's own cost per
+    // container, with little input to skip.
+    let mut lean_v = jobset(50, 8);
+    for rj in lean_v["spec"]["replicatedJobs"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        for c in rj["template"]["spec"]["template"]["spec"]["containers"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            *c = json!({"name": c["name"].clone(), "image": c["image"].clone()});
+        }
+    }
+    let lean_raw = lean_v.to_string();
+    eprintln!("lean 50x8 JobSet JSON: {} bytes", lean_raw.len());
+    group.bench_function("lean_rjobs_x8/50", |b| {
+        b.iter(|| mutate_jobset(black_box(&lean_raw), &ctx).map(|m| m.patch.len()))
+    });
     // The floor for comparison: decoding the same JSON into a serde_json::Value.
     let raw = jobset(50, 8).to_string();
     group.bench_function("parse_to_value_floor/50", |b| {

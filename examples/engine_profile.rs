@@ -1,5 +1,7 @@
-//! Runs the engine in a loop on the 50x8 bench JobSet, for profilers (perf, callgrind).
-//! `cargo run --release --example engine_profile -- 2000`
+//! Runs the engine in a loop on the 50x8 bench JobSet, for profilers (perf, callgrind):
+//! `cargo run --release --example engine_profile -- 2000 [engine|skip|value]`.
+//! `skip` and `value` are the floors: serde skipping the whole input, and decoding it into
+//! a `serde_json::Value`.
 use jobset_restart_webhook::engine::{ClusterFacts, Config, Context, mutate_jobset};
 
 #[path = "../benches/engine.rs"]
@@ -7,23 +9,20 @@ use jobset_restart_webhook::engine::{ClusterFacts, Config, Context, mutate_jobse
 mod bench;
 
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+    let mut args = std::env::args().skip(1);
+    let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let mode = args.next().unwrap_or_else(|| "engine".to_owned());
     let raw = bench::jobset(50, 8).to_string();
     let config = Config::default();
-    let ctx = Context {
-        config: &config,
-        namespace_labels: None,
-        facts: ClusterFacts::default(),
-    };
+    let ctx = Context { config: &config, namespace_labels: None, facts: ClusterFacts::default() };
     let start = std::time::Instant::now();
-    let mut ops = 0;
+    let mut work = 0usize;
     for _ in 0..n {
-        ops += mutate_jobset(&raw, &ctx)
-            .map(|m| m.patch.len())
-            .unwrap_or(0);
+        work += match mode.as_str() {
+            "skip" => usize::from(serde_json::from_str::<serde::de::IgnoredAny>(&raw).is_ok()),
+            "value" => usize::from(serde_json::from_str::<serde_json::Value>(&raw).is_ok()),
+            _ => mutate_jobset(&raw, &ctx).map(|m| m.patch.len()).unwrap_or(0),
+        };
     }
-    println!("{n} runs, {ops} ops, {:?}/run", start.elapsed() / n as u32);
+    println!("{mode}: {n} runs ({work}), {:?}/run, {} bytes", start.elapsed() / n as u32, raw.len());
 }

@@ -237,7 +237,7 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
         }
     }
 
-    let mut applied = Vec::new();
+    let mut applied = Applied::default();
     let mut any_enabled = false;
     for (i, (rj, rj_ann)) in spec
         .replicated_jobs
@@ -330,7 +330,7 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
                 .to_owned(),
         );
     }
-    let summary = applied.join(", ");
+    let summary = applied.0;
     let current = meta_annotations.and_then(|m| m.get(APPLIED));
     if current.map(|c| c.as_ref()) != Some(summary.as_str()) {
         let (tokens, value): (&[&str], Value) = match (&doc.metadata, meta_annotations) {
@@ -482,7 +482,7 @@ fn plan_pod(
             .map_err(|e| format!("spec: not a pod spec the webhook can read: {e}"))?,
         None => return Ok(()),
     };
-    let mut applied = Vec::new();
+    let mut applied = Applied::default();
     let base = PointerBuf::from_tokens(["spec"]);
     plan_pod_spec(
         &spec,
@@ -496,7 +496,7 @@ fn plan_pod(
     )
     .map_err(|d| d.message)?;
     if !applied.is_empty() {
-        out.summary = Some(applied.join(", "));
+        out.summary = Some(applied.0);
     }
     Ok(())
 }
@@ -507,6 +507,29 @@ fn plan_pod(
 enum Target {
     Template,
     Pod,
+}
+
+/// The `applied` summary, written into one buffer: `rjob/container=Action:Op(codes), ...`.
+#[derive(Default)]
+struct Applied(String);
+
+impl Applied {
+    fn add(&mut self, rjob: Option<&str>, container: &str, rule: &str) {
+        if !self.0.is_empty() {
+            self.0.push_str(", ");
+        }
+        if let Some(r) = rjob {
+            self.0.push_str(r);
+            self.0.push('/');
+        }
+        self.0.push_str(container);
+        self.0.push('=');
+        self.0.push_str(rule);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// `"Never"`, shared by every container the engine touches.
@@ -534,7 +557,7 @@ fn plan_pod_spec(
     target: Target,
     ctx: &Context<'_>,
     out: &mut Mutation,
-    applied: &mut Vec<String>,
+    applied: &mut Applied,
 ) -> Result<(), Denial> {
     let rules = Arc::new(rules_value(resolved));
     let rule_text = format!(
@@ -543,10 +566,7 @@ fn plan_pod_spec(
         resolved.exit_codes.operator.as_str(),
         resolved.exit_codes.compact_values()
     );
-    let label = |c: &str| match target {
-        Target::Template => format!("{rjob}/{c}"),
-        Target::Pod => c.to_owned(),
-    };
+    let prefix = (target == Target::Template).then_some(rjob);
     let where_ = |c: &str, kind: &str| match target {
         Target::Template => format!("replicated job {}: {kind} {}", quote(rjob), quote(c)),
         Target::Pod => format!("{kind} {}", quote(c)),
@@ -573,10 +593,10 @@ fn plan_pod_spec(
                 out.patch.add_under(&path, "restartPolicy", never());
                 out.patch
                     .add_under(&path, "restartPolicyRules", rules.clone());
-                applied.push(format!("{}={rule_text}", label(name)));
+                applied.add(prefix, name, &rule_text);
             }
             (Some(p), Some(r)) if p == "Never" && *r == *rules => {
-                applied.push(format!("{}={rule_text}", label(name)));
+                applied.add(prefix, name, &rule_text);
             }
             _ if target == Target::Pod => {}
             _ => out.warnings.push(format!(
@@ -621,9 +641,9 @@ fn plan_pod_spec(
                 None => {
                     out.patch
                         .add_under(&path, "restartPolicyRules", rules.clone());
-                    applied.push(format!("{}={rule_text}", label(name)));
+                    applied.add(prefix, name, &rule_text);
                 }
-                Some(r) if *r == *rules => applied.push(format!("{}={rule_text}", label(name))),
+                Some(r) if *r == *rules => applied.add(prefix, name, &rule_text),
                 Some(_) if target == Target::Pod => {}
                 Some(_) => out.warnings.push(format!(
                     "{} already sets restartPolicyRules; left unchanged",

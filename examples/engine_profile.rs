@@ -14,15 +14,25 @@ fn main() {
     let mode = args.next().unwrap_or_else(|| "engine".to_owned());
     let raw = bench::jobset(50, 8).to_string();
     let config = Config::default();
-    let ctx = Context { config: &config, namespace_labels: None, facts: ClusterFacts::default() };
+    let ctx = Context {
+        config: &config,
+        namespace_labels: None,
+        facts: ClusterFacts::default(),
+    };
     let start = std::time::Instant::now();
     let mut work = 0usize;
     for _ in 0..n {
         work += match mode.as_str() {
             "skip" => usize::from(serde_json::from_str::<serde::de::IgnoredAny>(&raw).is_ok()),
             "value" => usize::from(serde_json::from_str::<serde_json::Value>(&raw).is_ok()),
-            _ => mutate_jobset(&raw, &ctx).map(|m| m.patch.len()).unwrap_or(0),
+            _ => mutate_jobset(&raw, &ctx)
+                .map(|m| m.patch.len())
+                .unwrap_or(0),
         };
     }
-    println!("{mode}: {n} runs ({work}), {:?}/run, {} bytes", start.elapsed() / n as u32, raw.len());
+    println!(
+        "{mode}: {n} runs ({work}), {:?}/run, {} bytes",
+        start.elapsed() / n as u32,
+        raw.len()
+    );
 }

@@ -91,6 +91,73 @@ fn opted_in_jobset_is_stored_with_rules_and_its_jobs_and_pods_carry_them() {
             "no kubelet: pods stay Pending"
         );
     }
+    // The pod webhook (objectSelector: JobSet's label) saw each Pod twice (JobSet's pod
+    // webhook, `mpod.kb.io`, runs after ours and adds a label, so ours is reinvoked) and left
+    // it alone: the rules were already there.
+    let pod_reviews: Vec<_> = s
+        .webhook
+        .reviews_in(&ns)
+        .into_iter()
+        .filter(|r| r["kind"] == "Pod")
+        .collect();
+    assert_eq!(pod_reviews.len(), 2 * pods.len(), "{pod_reviews:#?}");
+    assert!(
+        pod_reviews
+            .iter()
+            .all(|r| r["patch_ops"] == 0 && r["outcome"] == "allowed"),
+        "{pod_reviews:#?}"
+    );
+}
+
+/// A namespace labelled `restart.jobset.dev/in-place=enabled` is served by the
+/// `namespace-default` webhook, which has no annotation matchCondition: a JobSet without any
+/// annotation reaches the webhook there (it never does elsewhere, see
+/// `jobset_without_annotation_is_stored_unchanged`), and an annotated one reaches it through
+/// exactly one of the two JobSet webhooks (two calls: the first and the reinvocation after
+/// JobSet's defaulting; both webhooks matching would make four).
+///
+/// This checks the routing of the shipped configuration. What `serve` then does with an
+/// unannotated JobSet depends on whether it can read namespace labels from the cluster.
+#[test]
+fn labelled_namespace_routes_every_jobset_to_the_namespace_default_webhook() {
+    let _t =
+        TestTimer::start("labelled_namespace_routes_every_jobset_to_the_namespace_default_webhook");
+    let s = shared();
+    let c = &s.cluster;
+    let ns = c.namespace("ns-default", &[("restart.jobset.dev/in-place", "enabled")]);
+
+    create_ok(c, &ns, &training_jobset("unannotated", &[]));
+    let calls = s.webhook.reviews(&ns, "unannotated");
+    assert_eq!(calls.len(), 2, "{calls:#?}");
+
+    create_ok(
+        c,
+        &ns,
+        &training_jobset("annotated", &[("restart.jobset.dev/in-place", "enabled")]),
+    );
+    let calls = s.webhook.reviews(&ns, "annotated");
+    assert_eq!(calls.len(), 2, "{calls:#?}");
+    let stored = c.jobset(&ns, "annotated");
+    assert_eq!(
+        at(&stored, "/metadata/annotations/restart.jobset.dev~1applied"),
+        "workers/trainer=RestartAllContainers:NotIn(0)"
+    );
+
+    // `in-place: disabled` on the JobSet wins over the namespace default.
+    create_ok(
+        c,
+        &ns,
+        &training_jobset("opted-out", &[("restart.jobset.dev/in-place", "disabled")]),
+    );
+    let stored = c.jobset(&ns, "opted-out");
+    assert!(!mentions_rules(&stored), "{stored:#}");
+    assert_eq!(
+        at(
+            &stored,
+            "/spec/replicatedJobs/0/template/spec/template/spec/restartPolicy"
+        ),
+        "OnFailure"
+    );
 }
 
 #[test]

@@ -181,14 +181,21 @@ impl Webhook {
         fs::read_to_string(&self.proc.log).unwrap_or_default()
     }
 
-    /// The JSON log lines of answered reviews (`message == "review"`) about `name` in
-    /// `namespace` (dry runs included).
-    pub fn reviews(&self, namespace: &str, name: &str) -> Vec<Value> {
+    /// The JSON log lines of answered reviews (`message == "review"`) in `namespace`, of
+    /// any kind (dry runs included). Pods are created with `generateName`, so their `name`
+    /// field is empty.
+    pub fn reviews_in(&self, namespace: &str) -> Vec<Value> {
         json_lines(&self.log())
             .into_iter()
-            .filter(|l| {
-                l["message"] == "review" && l["namespace"] == namespace && l["name"] == name
-            })
+            .filter(|l| l["message"] == "review" && l["namespace"] == namespace)
+            .collect()
+    }
+
+    /// [`Webhook::reviews_in`] about the object `name`.
+    pub fn reviews(&self, namespace: &str, name: &str) -> Vec<Value> {
+        self.reviews_in(namespace)
+            .into_iter()
+            .filter(|l| l["name"] == name)
             .collect()
     }
 
@@ -203,9 +210,7 @@ impl Webhook {
 
 impl Drop for Webhook {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.proc.print_log_tail();
-        }
+        // On failure the cluster prints this log with its own (see `Cluster::add_log`).
         stop_all(&mut [&mut self.proc], &self.tracker);
     }
 }

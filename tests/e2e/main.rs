@@ -18,6 +18,7 @@ mod util;
 mod webhook;
 
 mod basic;
+mod deploy;
 mod gates;
 mod manifests;
 mod old_crd;

@@ -1,0 +1,231 @@
+//! The shipped manifests, as users install them: the kustomize base and every overlay,
+//! rendered by kubectl's built-in kustomize and applied to the real API server with
+//! server-side dry-run. Every object must be accepted. cert-manager's CRDs come from the
+//! cert-manager Go module, so its Issuers and Certificates are validated against the real
+//! schemas. The self-managed overlay is prepared exactly as the README says.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::cluster::{Cluster, ClusterOptions};
+use crate::util::{TestTimer, repo_root, wait_for, yaml_documents};
+
+const CERT_MANAGER_MODULE: &str = "github.com/cert-manager/cert-manager@v1.19.2";
+const BIN: &str = env!("CARGO_BIN_EXE_jobset-restart-webhook");
+
+/// `go mod download` of a module; returns its directory (fails loudly without Go).
+fn go_module_dir(module: &str) -> PathBuf {
+    let out = Command::new("go")
+        .args(["mod", "download", "-json", module])
+        .env("GOFLAGS", "-mod=mod")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap_or_else(|e| panic!("running `go mod download {module}` (Go is required): {e}"));
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "`go mod download -json {module}` printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    match info.get("Dir").and_then(Value::as_str) {
+        Some(dir) => PathBuf::from(dir),
+        None => panic!("`go mod download {module}` failed: {info}"),
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()))
+    {
+        let entry = entry.expect("directory entry");
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .unwrap_or_else(|e| panic!("copy {}: {e}", target.display()));
+        }
+    }
+}
+
+/// The README's "Install without cert-manager" steps, run in a copy of manifests/.
+fn prepare_self_managed(manifests: &Path) {
+    let certs = manifests.join("overlays/self-managed/certs");
+    let out = Command::new(BIN)
+        .args(["certs", "--out-dir"])
+        .arg(&certs)
+        .output()
+        .expect("running `jobset-restart-webhook certs`");
+    assert!(
+        out.status.success(),
+        "certs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca_bundle = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(!ca_bundle.is_empty(), "certs printed no CA bundle");
+    let patch: String = (0..3)
+        .map(|i| {
+            format!(
+                "- {{op: add, path: /webhooks/{i}/clientConfig/caBundle, value: {ca_bundle}}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(certs.join("ca-bundle-patch.yaml"), patch).expect("write ca-bundle-patch.yaml");
+}
+
+fn kinds(docs: &[Value]) -> Vec<String> {
+    let mut k: Vec<String> = docs
+        .iter()
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap_or("?"),
+                d["metadata"]["name"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    k.sort();
+    k
+}
+
+#[test]
+fn base_and_overlays_apply_to_the_api_server_with_server_side_dry_run() {
+    let _t = TestTimer::start("base_and_overlays_apply_to_the_api_server_with_server_side_dry_run");
+    let c = Cluster::start(ClusterOptions {
+        name: "deploy",
+        controller_manager: false,
+        jobset_controller: false,
+        ..ClusterOptions::default()
+    });
+    let crds = go_module_dir(CERT_MANAGER_MODULE).join("deploy/crds");
+    c.kubectl_ok(&["create", "-f", &crds.display().to_string()], None);
+    for crd in ["certificates.cert-manager.io", "issuers.cert-manager.io"] {
+        wait_for(
+            &format!("CRD {crd} established"),
+            std::time::Duration::from_secs(30),
+            || {
+                let out = c.kubectl(
+                    &[
+                        "get",
+                        "crd",
+                        crd,
+                        "-o",
+                        "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+                    ],
+                    None,
+                );
+                let status = String::from_utf8_lossy(&out.stdout).into_owned();
+                if status == "True" {
+                    Ok(())
+                } else {
+                    Err(format!("status {status:?}"))
+                }
+            },
+        );
+    }
+    // Namespaced objects are validated in their namespace, which a dry-run create of the
+    // Namespace does not persist: create it first (the objects themselves stay dry-run).
+    c.kubectl_ok(&["create", "namespace", "jobset-restart-webhook"], None);
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let manifests = tmp.path().join("manifests");
+    copy_dir(&repo_root().join("manifests"), &manifests);
+    prepare_self_managed(&manifests);
+
+    let base_objects = [
+        "ClusterRole/jobset-restart-webhook",
+        "ClusterRoleBinding/jobset-restart-webhook",
+        "ConfigMap/jobset-restart-webhook-config",
+        "Deployment/jobset-restart-webhook",
+        "MutatingWebhookConfiguration/00-jobset-restart-webhook",
+        "Namespace/jobset-restart-webhook",
+        "NetworkPolicy/jobset-restart-webhook",
+        "PodDisruptionBudget/jobset-restart-webhook",
+        "Role/jobset-restart-webhook-probe",
+        "RoleBinding/jobset-restart-webhook-probe",
+        "Service/jobset-restart-webhook",
+        "ServiceAccount/jobset-restart-webhook",
+    ];
+    let cert_manager_objects = [
+        "Certificate/jobset-restart-webhook-ca",
+        "Certificate/jobset-restart-webhook-serving",
+        "Issuer/jobset-restart-webhook-ca",
+        "Issuer/jobset-restart-webhook-selfsigned",
+    ];
+    let cases: [(&str, Vec<&str>); 4] = [
+        ("base", base_objects.to_vec()),
+        (
+            "overlays/cert-manager",
+            [&base_objects[..], &cert_manager_objects[..]].concat(),
+        ),
+        (
+            "overlays/self-managed",
+            [
+                &base_objects[..],
+                &["Secret/jobset-restart-webhook-tls"][..],
+            ]
+            .concat(),
+        ),
+        (
+            "overlays/cluster-default-enabled",
+            [&base_objects[..], &cert_manager_objects[..]].concat(),
+        ),
+    ];
+    for (dir, expected) in cases {
+        let path = manifests.join(dir).display().to_string();
+        let rendered = c.kubectl_ok(&["kustomize", &path], None);
+        let docs = yaml_documents(&rendered, dir);
+        let mut want: Vec<String> = expected.iter().map(|s| (*s).to_owned()).collect();
+        want.sort();
+        assert_eq!(kinds(&docs), want, "{dir}: rendered objects");
+        let out = c.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
+        assert!(
+            out.status.success(),
+            "{dir}: the API server refused objects:\n{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let applied = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("(server dry run)"))
+            .count();
+        assert_eq!(
+            applied,
+            docs.len(),
+            "{dir}: every object is acknowledged:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+
+        let webhook = docs
+            .iter()
+            .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+            .expect("webhook configuration");
+        match dir {
+            "overlays/cert-manager" | "overlays/cluster-default-enabled" => assert_eq!(
+                webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+                "jobset-restart-webhook/jobset-restart-webhook-ca",
+                "{dir}: cainjector annotation"
+            ),
+            "overlays/self-managed" => {
+                for w in webhook["webhooks"].as_array().into_iter().flatten() {
+                    assert!(
+                        w["clientConfig"]["caBundle"]
+                            .as_str()
+                            .is_some_and(|b| b.len() > 100),
+                        "{dir}: caBundle of {}",
+                        w["name"]
+                    );
+                }
+            }
+            _ => {}
+        }
+        let has_condition = webhook["webhooks"][0].get("matchConditions").is_some();
+        assert_eq!(
+            has_condition,
+            dir != "overlays/cluster-default-enabled",
+            "{dir}: matchConditions of the JobSet webhook"
+        );
+    }
+}

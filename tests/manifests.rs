@@ -1,0 +1,239 @@
+//! Guards on the shipped manifests and the Dockerfile, so that a later edit cannot weaken
+//! the webhook's safety settings or the pods' lock-down unnoticed. (That the manifests are
+//! accepted by a real API server is tests/e2e/deploy.rs.)
+
+use serde_json::{Value, json};
+
+fn load(file: &str) -> Vec<Value> {
+    let path = format!("{}/manifests/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap_or_else(|e| panic!("{path} is not YAML: {e}"))
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+fn one(file: &str) -> Value {
+    let mut docs = load(file);
+    assert_eq!(docs.len(), 1, "{file} has one object");
+    docs.remove(0)
+}
+
+#[test]
+fn webhook_configuration_is_safe() {
+    let cfg = one("base/mutatingwebhookconfiguration.yaml");
+    let name = cfg["metadata"]["name"].as_str().expect("name");
+    // The API server calls configurations in name order; ours must come before JobSet's
+    // defaulting (tests/e2e/ordering.rs shows what happens otherwise).
+    assert!(
+        name < "jobset-mutating-webhook-configuration",
+        "{name} must sort before JobSet's configuration"
+    );
+    let hooks = cfg["webhooks"].as_array().expect("webhooks");
+    let names: Vec<&str> = hooks.iter().filter_map(|w| w["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "jobsets.restart.jobset.dev",
+            "namespace-default.jobsets.restart.jobset.dev",
+            "pods.restart.jobset.dev"
+        ]
+    );
+    for w in hooks {
+        let n = w["name"].as_str().unwrap_or_default();
+        assert_eq!(w["admissionReviewVersions"], json!(["v1"]), "{n}");
+        assert_eq!(w["sideEffects"], json!("None"), "{n}: dry-run must be safe");
+        assert_eq!(w["reinvocationPolicy"], json!("IfNeeded"), "{n}");
+        let timeout = w["timeoutSeconds"].as_u64().expect("timeoutSeconds is set");
+        assert!(
+            (1..=5).contains(&timeout),
+            "{n}: timeoutSeconds {timeout} must be small"
+        );
+        for rule in w["rules"].as_array().expect("rules") {
+            assert_eq!(rule["operations"], json!(["CREATE"]), "{n}: CREATE only");
+        }
+        let excluded = w["namespaceSelector"]["matchExpressions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["key"] == "kubernetes.io/metadata.name")
+            .unwrap_or_else(|| panic!("{n}: namespaceSelector on kubernetes.io/metadata.name"));
+        assert_eq!(excluded["operator"], json!("NotIn"), "{n}");
+        for ns in ["kube-system", "jobset-restart-webhook"] {
+            assert!(
+                excluded["values"]
+                    .as_array()
+                    .is_some_and(|v| v.contains(&json!(ns))),
+                "{n}: {ns} excluded"
+            );
+        }
+        assert_eq!(
+            w["clientConfig"]["service"]["path"],
+            json!("/mutate"),
+            "{n}"
+        );
+    }
+    let pods = &hooks[2];
+    assert_eq!(
+        pods["failurePolicy"],
+        json!("Ignore"),
+        "pod creation must never depend on the webhook"
+    );
+    assert_eq!(
+        pods["objectSelector"]["matchExpressions"],
+        json!([{"key": "jobset.sigs.k8s.io/jobset-name", "operator": "Exists"}])
+    );
+    assert_eq!(pods["rules"][0]["resources"], json!(["pods"]));
+    for js in &hooks[..2] {
+        assert_eq!(js["rules"][0]["resources"], json!(["jobsets"]));
+        assert_eq!(
+            js["failurePolicy"],
+            json!("Fail"),
+            "an opt-in must not be lost silently"
+        );
+    }
+    assert!(
+        hooks[0]["matchConditions"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty()),
+        "only annotated JobSets are sent"
+    );
+}
+
+#[test]
+fn deployment_is_locked_down_and_highly_available() {
+    let d = one("base/deployment.yaml");
+    let spec = &d["spec"]["template"]["spec"];
+    assert!(
+        d["spec"]["replicas"].as_u64().is_some_and(|r| r >= 2),
+        "at least 2 replicas"
+    );
+    assert!(
+        spec["topologySpreadConstraints"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty()),
+        "replicas spread"
+    );
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], json!(true));
+    assert_eq!(
+        spec["securityContext"]["seccompProfile"]["type"],
+        json!("RuntimeDefault")
+    );
+    let containers = spec["containers"].as_array().expect("containers");
+    for c in containers {
+        let sc = &c["securityContext"];
+        assert_eq!(sc["readOnlyRootFilesystem"], json!(true));
+        assert_eq!(sc["allowPrivilegeEscalation"], json!(false));
+        assert_eq!(sc["runAsNonRoot"], json!(true));
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+        assert!(
+            sc["capabilities"].get("add").is_none(),
+            "no capability added"
+        );
+        for kind in ["requests", "limits"] {
+            for res in ["cpu", "memory"] {
+                assert!(c["resources"][kind][res].is_string(), "{kind}.{res} is set");
+            }
+        }
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], json!("/readyz"));
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], json!("/healthz"));
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(args.first(), Some(&"serve"));
+        assert!(
+            args.iter().any(|a| a.starts_with("--drain-delay=")),
+            "drain before the listener closes"
+        );
+    }
+    let grace = spec["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("terminationGracePeriodSeconds");
+    assert!(
+        grace >= 35,
+        "grace {grace}s must cover --drain-delay (5s) + --shutdown-grace-period (30s)"
+    );
+    let pdb = one("base/poddisruptionbudget.yaml");
+    assert_eq!(pdb["spec"]["minAvailable"], json!(1));
+}
+
+#[test]
+fn rbac_is_least_privilege() {
+    for doc in load("base/rbac.yaml") {
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        if !kind.ends_with("Role") {
+            continue;
+        }
+        for rule in doc["rules"].as_array().expect("rules") {
+            let text = rule.to_string();
+            assert!(!text.contains('*'), "{kind}: no wildcards: {text}");
+            assert!(
+                !text.contains("secrets"),
+                "{kind}: no access to secrets: {text}"
+            );
+            for verb in rule["verbs"].as_array().into_iter().flatten() {
+                let verb = verb.as_str().unwrap_or_default();
+                let allowed = ["get", "list", "watch"].contains(&verb)
+                    || (verb == "create" && kind == "Role" && rule["resources"] == json!(["pods"]));
+                assert!(allowed, "{kind}: verb {verb} on {}", rule["resources"]);
+            }
+        }
+    }
+}
+
+#[test]
+fn dockerfile_is_multi_stage_pinned_static_and_non_root() {
+    let path = format!("{}/Dockerfile", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("Dockerfile");
+    let froms: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert!(froms.len() >= 2, "multi-stage: {froms:?}");
+    let builder = froms[0];
+    let tag = builder
+        .split_whitespace()
+        .nth(1)
+        .and_then(|img| img.split_once(':'))
+        .map(|(_, t)| t)
+        .unwrap_or_default();
+    assert!(
+        tag.split('-')
+            .next()
+            .is_some_and(|v| v.split('.').count() == 3),
+        "builder pinned to a full version: {builder}"
+    );
+    let runtime = froms[froms.len() - 1];
+    assert!(
+        runtime == "FROM scratch" || runtime.contains("distroless"),
+        "small runtime image: {runtime}"
+    );
+    assert!(
+        text.contains("--target x86_64-unknown-linux-musl"),
+        "a static binary"
+    );
+    let user = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("USER "))
+        .expect("USER");
+    assert!(
+        !user.contains("root") && !user.trim_end().ends_with(" 0"),
+        "non-root: {user}"
+    );
+    assert!(text.contains(r#"ENTRYPOINT ["/usr/local/bin/jobset-restart-webhook"]"#));
+    // serve reads the certificate from where the Deployment mounts the Secret
+    let deployment = one("base/deployment.yaml");
+    let mount = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == "tls")
+        .and_then(|m| m["mountPath"].as_str())
+        .expect("tls mount");
+    assert!(
+        text.contains(&format!("--tls-cert={mount}/tls.crt")),
+        "CMD reads the mounted certificate"
+    );
+}

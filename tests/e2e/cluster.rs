@@ -868,9 +868,10 @@ fn start_watchdog(dir: &Path) -> (Child, ChildStdin) {
     const SCRIPT: &str = r#"
 trap '' INT HUP
 read -r _ || true
-for p in $(cat "$1/pgids" 2>/dev/null); do kill -TERM "-$p" 2>/dev/null; done
+groups=$(cat "$1/pgids" 2>/dev/null)
+for p in $groups; do kill -TERM "-$p" 2>/dev/null; done
 sleep 3
-for p in $(cat "$1/pgids" 2>/dev/null); do kill -KILL "-$p" 2>/dev/null; done
+for p in $groups; do kill -KILL "-$p" 2>/dev/null; done
 if [ ! -e "$1/keep" ] && [ "$2" != 1 ]; then rm -rf "$1"; fi
 "#;
     let keep = std::env::var("E2E_KEEP").unwrap_or_default();

@@ -105,12 +105,17 @@ impl Reply {
 
 /// Reads one response, or notices the close; `within` bounds the wait.
 pub async fn read_reply<S: AsyncRead + Unpin>(s: &mut S, within: Duration) -> Reply {
+    read_reply_close(s, within).await.0
+}
+
+/// [`read_reply`], plus whether the response said `Connection: close`.
+pub async fn read_reply_close<S: AsyncRead + Unpin>(s: &mut S, within: Duration) -> (Reply, bool) {
     tokio::time::timeout(within, read_reply_inner(s))
         .await
         .unwrap_or_else(|_| panic!("neither a response nor a close within {within:?}"))
 }
 
-async fn read_reply_inner<S: AsyncRead + Unpin>(s: &mut S) -> Reply {
+async fn read_reply_inner<S: AsyncRead + Unpin>(s: &mut S) -> (Reply, bool) {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     let head_end = loop {
@@ -118,7 +123,7 @@ async fn read_reply_inner<S: AsyncRead + Unpin>(s: &mut S) -> Reply {
             break i + 4;
         }
         match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return Reply::Closed,
+            Ok(0) | Err(_) => return (Reply::Closed, false),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     };
@@ -128,6 +133,11 @@ async fn read_reply_inner<S: AsyncRead + Unpin>(s: &mut S) -> Reply {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response head: {head:?}"));
+    let close = head.split("\r\n").any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close")
+        })
+    });
     let len: usize = head
         .split("\r\n")
         .filter_map(|l| l.split_once(':'))
@@ -141,7 +151,42 @@ async fn read_reply_inner<S: AsyncRead + Unpin>(s: &mut S) -> Reply {
             Ok(n) => body.extend_from_slice(&chunk[..n]),
         }
     }
-    Reply::Http(status, String::from_utf8_lossy(&body).into_owned())
+    (
+        Reply::Http(status, String::from_utf8_lossy(&body).into_owned()),
+        close,
+    )
+}
+
+/// A TLS connection trusting only `ca_pem` (HTTP/1.1), or the reason it failed.
+pub async fn try_tls(
+    addr: std::net::SocketAddr,
+    ca_pem: &[u8],
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?,
+            tcp,
+        )
+        .await
+        .map_err(|e| format!("TLS handshake with {addr}: {e}"))
 }
 
 /// Writes `bytes` (ignoring a write error: the server may close early) and reads the reply.

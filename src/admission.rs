@@ -19,6 +19,11 @@ pub const KIND: &str = "AdmissionReview";
 /// Warnings beyond this are folded into one line: the API server and kubectl show them all,
 /// and a JobSet with hundreds of user-set containers should not produce a wall of text.
 const MAX_WARNINGS: usize = 16;
+/// Longest message (denial or HTTP 400 reason) sent back, in bytes. Parser errors quote what
+/// they did not expect (a 1 MiB string where a list belongs), and an unknown annotation key
+/// is named in full: without a cap a client could make the API server relay, and every log
+/// record, a message as large as its request.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// What the request path may know about the cluster; filled by the `cluster` module's
 /// caches, or empty when the webhook runs without credentials.
@@ -144,17 +149,17 @@ pub fn review(
         std::str::from_utf8(body).map_err(|e| BadReview::NotJson(format!("not UTF-8: {e}")))?;
     let review: ReviewIn<'_> = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
-            BadReview::NotAReview(e.to_string())
+            BadReview::NotAReview(clip(e.to_string()))
         } else {
-            BadReview::NotJson(e.to_string())
+            BadReview::NotJson(clip(e.to_string()))
         }
     })?;
     let api_version = review.api_version.as_deref().unwrap_or_default();
     let kind = review.kind.as_deref().unwrap_or_default();
     if api_version != API_VERSION || kind != KIND {
-        return Err(BadReview::NotAReview(format!(
+        return Err(BadReview::NotAReview(clip(format!(
             "apiVersion {api_version:?} and kind {kind:?}; expected {API_VERSION:?} and {KIND:?}"
-        )));
+        ))));
     }
     let req = review.request.ok_or(BadReview::NoRequest)?;
     let namespace = req.namespace.as_deref().unwrap_or_default();
@@ -257,8 +262,23 @@ fn denied(uid: &str, d: &Denial) -> Value {
     json!({
         "uid": uid,
         "allowed": false,
-        "status": { "status": "Failure", "code": d.code, "reason": reason, "message": d.message },
+        "status": { "status": "Failure", "code": d.code, "reason": reason, "message": clip(d.message.clone()) },
     })
+}
+
+/// Cuts `message` to [`MAX_MESSAGE_BYTES`] (at a character boundary), saying how long it was.
+pub fn clip(mut message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let total = message.len();
+    let mut end = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(&format!("... (message cut, {total} bytes)"));
+    message
 }
 
 fn fold_warnings(mut w: Vec<String>) -> Vec<String> {

@@ -179,6 +179,41 @@ async fn hostile_input_catalog() {
             assert!(msg.starts_with(key) && msg.contains("bytes)"), "{msg}");
         }
         statuses.push(("1 MiB invalid annotation values (5 kinds)", "200, denied 422, answer < 2 KiB".into()));
+        // 1 MiB where the message would quote it: an unknown key of ours (named in full),
+        // a string where a list belongs (the parser quotes it), in the object and in the
+        // envelope. Regression: these answers were 1 MiB before messages were capped.
+        let big = "k".repeat(mib);
+        let unknown_key = format!("restart.jobset.dev/{big}");
+        let mut wrong_type = jobset(&[(IN_PLACE, "enabled")]);
+        wrong_type["spec"]["replicatedJobs"] = json!(big);
+        let mut bad_kind = review("bk", "CREATE", &jobset(&[]));
+        bad_kind["request"]["kind"] = json!(big);
+        let mut bad_version = review("bv", "CREATE", &jobset(&[]));
+        bad_version["apiVersion"] = json!(big);
+        for (name, rv, want) in [
+            (
+                "1 MiB unknown annotation key",
+                review("uk", "CREATE", &jobset(&[(IN_PLACE, "enabled"), (&unknown_key, "v")])),
+                200,
+            ),
+            ("1 MiB string as replicatedJobs", review("wt", "CREATE", &wrong_type), 200),
+            ("1 MiB string as request.kind", bad_kind, 400),
+            ("1 MiB apiVersion", bad_version, 400),
+        ] {
+            let reply = send(&w, &certs, &post_bytes(&body_of(&rv))).await;
+            let Reply::Http(status, body) = &reply else {
+                panic!("{name}: closed")
+            };
+            assert_eq!(*status, want, "{name}: {}", short(&reply));
+            assert!(body.len() < 2048, "{name}: answer of {} bytes", body.len());
+            assert!(body.contains("message cut"), "{name}: {body}");
+            if want == 200 {
+                let a: Value = serde_json::from_str(body).unwrap();
+                assert_eq!(a["response"]["allowed"], false, "{name}: {a}");
+            }
+            statuses.push((name, format!("{status}, {} byte answer", body.len())));
+        }
+
         // Valid but 1 MiB: "1,1,1,...,1" expands to one code.
         let ones = vec!["1"; mib / 2].join(",");
         let js = jobset(&[(IN_PLACE, "enabled"), (ON_EXIT, &ones)]);

@@ -62,11 +62,7 @@ impl Readiness {
         } else {
             line(true, "shutdown", "serving");
             match self.tls.check().await {
-                Ok(()) => line(
-                    true,
-                    "tls",
-                    &format!("handshake with {} succeeded", self.tls.addr()),
-                ),
+                Ok(detail) => line(true, "tls", &detail),
                 Err(e) => line(false, "tls", &e),
             }
         }

@@ -1,6 +1,8 @@
 //! Serving certificates: loading and validating PEM files, the per-handshake resolver that
 //! lets a rotated certificate apply to new handshakes without dropping connections, the
 //! reload loop, and the readiness probe that really completes a handshake with our own port.
+//! With `--client-ca`, also client authentication: a verifier (webpki) of the callers'
+//! certificates that is swapped whole when the CA file changes, like the serving pair.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,13 +10,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, ServerConfig, SignatureScheme};
+use rustls::{
+    AlertDescription, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -136,16 +143,21 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// TLS 1.2 and 1.3, ALPN `http/1.1` (plus `h2` first when `http2`), no client auth.
+/// TLS 1.2 and 1.3, ALPN `http/1.1` (plus `h2` first when `http2`); client certificates
+/// required when `client_auth` is given, else not requested.
 pub(crate) fn server_config(
     resolver: Arc<CertResolver>,
     http2: bool,
+    client_auth: Option<&Arc<ClientAuth>>,
 ) -> anyhow::Result<Arc<ServerConfig>> {
-    let mut cfg = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .context("configuring TLS versions")?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+        .context("configuring TLS versions")?;
+    let builder = match client_auth {
+        Some(auth) => builder.with_client_cert_verifier(auth.clone()),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_cert_resolver(resolver);
     cfg.alpn_protocols = if http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {
@@ -210,6 +222,187 @@ pub(crate) async fn reload_loop(
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Client authentication (--client-ca)
+
+/// Builds a webpki verifier of client certificates from a PEM bundle of CA certificates.
+/// Errors name the file and the problem.
+fn client_verifier(pem: &[u8], name: &str) -> Result<(Arc<dyn ClientCertVerifier>, usize), String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{name}: not a PEM certificate bundle: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{name}: no CERTIFICATE block found"));
+    }
+    let mut roots = RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!(
+            "{name}: none of its {ignored} certificates can be used as a CA"
+        ));
+    }
+    if ignored > 0 {
+        warn!(
+            file = name,
+            added,
+            ignored,
+            "some certificates of the client CA bundle cannot be used and are ignored"
+        );
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| format!("{name}: {e}"))?;
+    Ok((verifier, added))
+}
+
+/// The `--client-ca` verifier: requires a client certificate that chains to one of the CAs of
+/// the current bundle; [`ClientAuth::reload_loop`] swaps the bundle when the file changes, for
+/// new handshakes (open connections stay). The `certificate_authorities` hint is left empty
+/// so that a client whose certificate comes from a CA added by a rotation still sends it
+/// (Go's TLS client holds back a certificate whose issuer is not among the hints).
+#[derive(Debug)]
+pub(crate) struct ClientAuth {
+    path: PathBuf,
+    current: ArcSwap<DynVerifier>,
+    initial: Snapshot,
+}
+
+#[derive(Debug)]
+struct DynVerifier(Arc<dyn ClientCertVerifier>);
+
+impl ClientAuth {
+    /// Reads and checks `--client-ca` at start; `None` without the flag.
+    pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<Option<Arc<Self>>> {
+        let Some(path) = path else {
+            return Ok(None);
+        };
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading --client-ca {}", path.display()))?;
+        let (verifier, cas) = client_verifier(&pem, &path.display().to_string())
+            .map_err(|e| anyhow::anyhow!("client CA: {e}"))?;
+        info!(client_ca = %path.display(), cas, "client certificates required on the webhook port");
+        Ok(Some(Arc::new(Self {
+            path: path.to_path_buf(),
+            current: ArcSwap::from_pointee(DynVerifier(verifier)),
+            initial: vec![Ok(pem)],
+        })))
+    }
+
+    /// Polls the file; a changed, valid bundle replaces the current one; a bad one is logged
+    /// and the last good bundle stays.
+    pub(crate) async fn reload_loop(
+        self: Arc<Self>,
+        interval: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut watch = FileWatch::new(vec![self.path.clone()], Some(self.initial.clone()));
+        let name = self.path.display().to_string();
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let Some(snapshot) = watch.poll().await else {
+                continue;
+            };
+            let result = match snapshot.into_iter().next() {
+                Some(Ok(pem)) => client_verifier(&pem, &name),
+                Some(Err(e)) => Err(e),
+                None => Err("internal: empty snapshot".to_owned()),
+            };
+            match result {
+                Ok((verifier, cas)) => {
+                    self.current.store(Arc::new(DynVerifier(verifier)));
+                    info!(client_ca = %name, cas, "client CA reloaded; new handshakes verify against it");
+                }
+                Err(e) => {
+                    error!(error = %e, "client CA file changed but cannot be used; keeping the last good client CA");
+                }
+            }
+        }
+    }
+}
+
+impl ClientCertVerifier for ClientAuth {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current
+            .load()
+            .0
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current
+            .load()
+            .0
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current
+            .load()
+            .0
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current.load().0.supported_verify_schemes()
+    }
+}
+
+/// The readiness client has no client certificate: it notes that the server asked for one.
+#[derive(Debug, Default)]
+struct NoClientCert {
+    asked: std::sync::atomic::AtomicBool,
+}
+
+impl ResolvesClientCert for NoClientCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.asked.store(true, std::sync::atomic::Ordering::SeqCst);
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
+    }
+}
+
+fn alert_of(e: &std::io::Error) -> Option<AlertDescription> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::AlertReceived(a) => Some(*a),
+        _ => None,
+    }
+}
+
 /// Accepts any certificate but still checks the handshake signatures, so a success means our
 /// listener completed a real handshake with a key that matches the certificate it sent.
 #[derive(Debug)]
@@ -262,10 +455,18 @@ impl ServerCertVerifier for AnyServerCert {
 
 /// controller-runtime's StartedChecker in Rust: dial our own TLS port and complete a
 /// handshake. The result is cached for [`SelfCheck::TTL`] so that probes stay cheap.
+///
+/// With `--client-ca` the probe has no certificate to present (it does not hold the CA's key),
+/// so it checks what a caller without one meets: the server completes its side of the
+/// handshake (its certificate and signature verified by the probe), asks for a client
+/// certificate, and refuses the connection with `certificate_required`. Anything else, a
+/// server that does not ask or serves without a certificate included, is not ready.
 pub(crate) struct SelfCheck {
     addr: std::net::SocketAddr,
     connector: tokio_rustls::TlsConnector,
-    cache: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    /// `Some` when the server requires client certificates.
+    client_auth: Option<Arc<NoClientCert>>,
+    cache: tokio::sync::Mutex<Option<(Instant, Result<String, String>)>>,
 }
 
 impl SelfCheck {
@@ -292,16 +493,36 @@ impl SelfCheck {
         Ok(Self {
             addr,
             connector: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
+            client_auth: None,
             cache: tokio::sync::Mutex::new(None),
         })
     }
 
-    pub(crate) fn addr(&self) -> std::net::SocketAddr {
-        self.addr
+    /// The server requires client certificates (`--client-ca`): success is the refusal
+    /// described on [`SelfCheck`].
+    pub(crate) fn expecting_client_auth(mut self, required: bool) -> anyhow::Result<Self> {
+        if !required {
+            return Ok(self);
+        }
+        let resolver = Arc::new(NoClientCert::default());
+        let provider = provider();
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .context("configuring the readiness TLS client")?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+            .with_client_cert_resolver(resolver.clone());
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Every probe is a full handshake: a resumed session would skip the request.
+        cfg.resumption = rustls::client::Resumption::disabled();
+        self.connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        self.client_auth = Some(resolver);
+        Ok(self)
     }
 
-    /// `Ok(())` when a handshake with our port succeeded within the last [`Self::TTL`].
-    pub(crate) async fn check(&self) -> Result<(), String> {
+    /// `Ok(detail)` when a handshake with our port succeeded (or, with client auth, was
+    /// refused as it must be) within the last [`Self::TTL`].
+    pub(crate) async fn check(&self) -> Result<String, String> {
         let mut cache = self.cache.lock().await;
         if let Some((at, result)) = cache.as_ref()
             && at.elapsed() < Self::TTL
@@ -320,18 +541,52 @@ impl SelfCheck {
         result
     }
 
-    async fn dial(&self) -> Result<(), String> {
+    async fn dial(&self) -> Result<String, String> {
         let tcp = TcpStream::connect(self.addr)
             .await
             .map_err(|e| format!("connecting to {}: {e}", self.addr))?;
         let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
-        let mut tls = self
-            .connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS handshake with {}: {e}", self.addr))?;
-        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
-        Ok(())
+        if let Some(auth) = &self.client_auth {
+            auth.asked.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        let handshake = self.connector.connect(name, tcp).await;
+        let Some(auth) = &self.client_auth else {
+            let mut tls =
+                handshake.map_err(|e| format!("TLS handshake with {}: {e}", self.addr))?;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+            return Ok(format!("handshake with {} succeeded", self.addr));
+        };
+        // TLS 1.3: the client's side completes, and the refusal arrives as an alert on the
+        // first read. TLS 1.2: the handshake itself fails with the alert.
+        let refusal = match handshake {
+            Err(e) => e,
+            Ok(mut tls) => {
+                let mut byte = [0u8; 1];
+                match tokio::io::AsyncReadExt::read(&mut tls, &mut byte).await {
+                    Err(e) => e,
+                    Ok(_) => {
+                        return Err(format!(
+                            "{} accepted a client without a certificate although --client-ca \
+                             is set",
+                            self.addr
+                        ));
+                    }
+                }
+            }
+        };
+        let asked = auth.asked.load(std::sync::atomic::Ordering::SeqCst);
+        match alert_of(&refusal) {
+            Some(AlertDescription::CertificateRequired | AlertDescription::HandshakeFailure)
+                if asked =>
+            {
+                Ok(format!(
+                    "handshake with {} reached client authentication; a client without a \
+                     certificate is refused, as --client-ca requires",
+                    self.addr
+                ))
+            }
+            _ => Err(format!("TLS handshake with {}: {refusal}", self.addr)),
+        }
     }
 }
 

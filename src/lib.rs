@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod certs;
 pub mod cli;
+pub mod cluster;
 pub mod engine;
 pub mod server;
 pub mod telemetry;

@@ -25,6 +25,9 @@ enum Command {
     Mutate(cli::mutate::MutateArgs),
     /// Write a CA and a serving certificate for the webhook's Service.
     Certs(certs::CertsArgs),
+    /// Check the cluster in the current kubeconfig: can in-place restart work there, as the
+    /// webhook is registered? Exit 0 yes, 1 no (one line per problem), 2 could not check.
+    Check(cli::check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => server::run(args),
         Command::Mutate(args) => cli::mutate::run(args),
         Command::Certs(args) => certs::run(args),
+        Command::Check(args) => cli::check::run(args),
     };
     match result {
         Ok(code) => code,

@@ -295,6 +295,11 @@ impl Metrics {
         Self { registry, ..m }
     }
 
+    /// Adds metrics another module computes at scrape time (they get the same prefix).
+    pub fn register_collector(&mut self, c: Box<dyn prometheus_client::collector::Collector>) {
+        self.registry.register_collector(c);
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::with_capacity(8 * 1024);

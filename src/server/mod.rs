@@ -64,11 +64,6 @@ pub struct ServeArgs {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert; re-read when it changes.
     #[arg(long, env = "JRW_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// PEM bundle of the CA(s) that sign the API server's client certificate. When given,
-    /// the webhook port requires a client certificate signed by one of them (mutual TLS);
-    /// re-read when it changes. The admin port stays plain HTTP.
-    #[arg(long, env = "JRW_CLIENT_CA")]
-    pub client_ca: Option<PathBuf>,
     /// Cluster config file (YAML): defaults, presets, targets. Re-read when it changes.
     #[arg(long, env = "JRW_CONFIG")]
     pub config: Option<PathBuf>,
@@ -110,6 +105,8 @@ pub struct ServeArgs {
     /// server's 90 s, so the client closes first).
     #[arg(long, env = "JRW_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
 }
 
 fn parse_targets(s: &str) -> Result<Targets, String> {
@@ -146,6 +143,8 @@ pub struct ServerOptions {
     pub cluster: Arc<dyn ClusterView>,
     /// Extra `/readyz` conditions (e.g. caches synced).
     pub readiness: Vec<Arc<dyn ReadinessCheck>>,
+    /// Extra metrics computed at scrape time (e.g. the cluster caches and capabilities).
+    pub collectors: Vec<Box<dyn prometheus_client::collector::Collector>>,
 }
 
 impl Default for ServerOptions {
@@ -153,6 +152,7 @@ impl Default for ServerOptions {
         Self {
             cluster: Arc::new(Offline),
             readiness: Vec::new(),
+            collectors: Vec::new(),
         }
     }
 }
@@ -181,7 +181,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             );
             std::process::exit(1);
         });
-        serve(args, ServerOptions::default(), async move {
+        let options = crate::cluster::serve_options(&args).await;
+        serve(args, options, async move {
             let _ = rx.await;
         })
         .await
@@ -228,7 +229,11 @@ pub async fn serve(
     // 1. Everything that can be wrong in a file, before binding.
     let (store, config_snapshot) = config::ConfigStore::load(args.config.as_deref(), args.targets)?;
     let store = Arc::new(store);
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    for c in options.collectors {
+        metrics.register_collector(c);
+    }
+    let metrics = Arc::new(metrics);
     config::record_initial(&metrics);
 
     let (loaded, cert_files) = match (&args.tls_cert, &args.tls_key) {
@@ -261,8 +266,7 @@ pub async fn serve(
     };
     metrics.cert_not_after.set(loaded.not_after);
     let resolver = Arc::new(tls::CertResolver::new(loaded.key.clone()));
-    let client_auth = tls::ClientAuth::load(args.client_ca.as_deref())?;
-    let tls_config = tls::server_config(resolver.clone(), args.http2, client_auth.as_ref())?;
+    let tls_config = tls::server_config(resolver.clone(), args.http2)?;
 
     // 2. Bind.
     let tls_listener = TcpListener::bind(args.listen)
@@ -280,7 +284,7 @@ pub async fn serve(
 
     // 3. Serve.
     let readiness = Arc::new(ready::Readiness::new(
-        tls::SelfCheck::new(tls_addr)?.expecting_client_auth(client_auth.is_some())?,
+        tls::SelfCheck::new(tls_addr)?,
         store.clone(),
         options.readiness,
     ));
@@ -340,9 +344,6 @@ pub async fn serve(
             stop_rx.clone(),
         ));
     }
-    if let Some(auth) = client_auth {
-        tokio::spawn(auth.reload_loop(args.reload_interval, stop_rx.clone()));
-    }
     let targets = store.load_current().targets;
     info!(
         %tls_addr,
@@ -350,7 +351,6 @@ pub async fn serve(
         %targets,
         config = %args.config.as_ref().map_or("-".to_owned(), |p| p.display().to_string()),
         http2 = args.http2,
-        client_ca = %args.client_ca.as_ref().map_or("-".to_owned(), |p| p.display().to_string()),
         cert_subject = %loaded.subject,
         cert_not_after = loaded.not_after,
         "listening"

@@ -18,6 +18,7 @@ mod util;
 mod webhook;
 
 mod basic;
+mod cluster_aware;
 mod deploy;
 mod gates;
 mod manifests;

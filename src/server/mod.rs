@@ -64,6 +64,11 @@ pub struct ServeArgs {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert; re-read when it changes.
     #[arg(long, env = "JRW_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// PEM bundle of the CA(s) that sign the API server's client certificate. When given,
+    /// the webhook port requires a client certificate signed by one of them (mutual TLS);
+    /// re-read when it changes. The admin port stays plain HTTP.
+    #[arg(long, env = "JRW_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
     /// Cluster config file (YAML): defaults, presets, targets. Re-read when it changes.
     #[arg(long, env = "JRW_CONFIG")]
     pub config: Option<PathBuf>,
@@ -266,7 +271,8 @@ pub async fn serve(
     };
     metrics.cert_not_after.set(loaded.not_after);
     let resolver = Arc::new(tls::CertResolver::new(loaded.key.clone()));
-    let tls_config = tls::server_config(resolver.clone(), args.http2)?;
+    let client_auth = tls::ClientAuth::load(args.client_ca.as_deref())?;
+    let tls_config = tls::server_config(resolver.clone(), args.http2, client_auth.as_ref())?;
 
     // 2. Bind.
     let tls_listener = TcpListener::bind(args.listen)
@@ -284,7 +290,7 @@ pub async fn serve(
 
     // 3. Serve.
     let readiness = Arc::new(ready::Readiness::new(
-        tls::SelfCheck::new(tls_addr)?,
+        tls::SelfCheck::new(tls_addr)?.expecting_client_auth(client_auth.is_some())?,
         store.clone(),
         options.readiness,
     ));
@@ -344,6 +350,9 @@ pub async fn serve(
             stop_rx.clone(),
         ));
     }
+    if let Some(auth) = client_auth {
+        tokio::spawn(auth.reload_loop(args.reload_interval, stop_rx.clone()));
+    }
     let targets = store.load_current().targets;
     info!(
         %tls_addr,
@@ -351,6 +360,7 @@ pub async fn serve(
         %targets,
         config = %args.config.as_ref().map_or("-".to_owned(), |p| p.display().to_string()),
         http2 = args.http2,
+        client_ca = %args.client_ca.as_ref().map_or("-".to_owned(), |p| p.display().to_string()),
         cert_subject = %loaded.subject,
         cert_not_after = loaded.not_after,
         "listening"

@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the admission webhook (HTTPS) and its admin port (metrics, health).
-    Serve(server::ServeArgs),
+    Serve(Box<server::ServeArgs>),
     /// Preview the mutation offline: read JobSets/Pods/AdmissionReviews, print the result.
     Mutate(cli::mutate::MutateArgs),
     /// Write a CA and a serving certificate for the webhook's Service.
@@ -33,7 +33,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => server::run(args),
+        Command::Serve(args) => server::run(*args),
         Command::Mutate(args) => cli::mutate::run(args),
         Command::Certs(args) => certs::run(args),
         Command::Check(args) => cli::check::run(args),

@@ -60,6 +60,8 @@ pub struct ClusterOptions {
     pub controller_manager: bool,
     /// Run the JobSet controller (v0.12.0) and register its webhooks.
     pub jobset_controller: bool,
+    /// Extra kube-apiserver flags (e.g. `--admission-control-config-file=...`).
+    pub apiserver_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -70,6 +72,7 @@ impl Default for ClusterOptions {
             jobset_crd: JOBSET_V0_12_0,
             controller_manager: true,
             jobset_controller: true,
+            apiserver_args: Vec::new(),
         }
     }
 }
@@ -447,7 +450,8 @@ impl Cluster {
             d("sa.key")
         ))
         .arg("--service-cluster-ip-range=10.0.0.0/24")
-        .arg(format!("--feature-gates={}", self.opts.feature_gates));
+        .arg(format!("--feature-gates={}", self.opts.feature_gates))
+        .args(&self.opts.apiserver_args);
         self.spawn("kube-apiserver", cmd);
         let ca = self.dir.join("apiserver-certs/apiserver.crt");
         wait_for(

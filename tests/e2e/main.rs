@@ -18,6 +18,7 @@ mod util;
 mod webhook;
 
 mod basic;
+mod client_auth;
 mod cluster_aware;
 mod deploy;
 mod gates;

@@ -49,6 +49,15 @@ impl Webhook {
     /// `serve` gets the cluster's kubeconfig in `KUBECONFIG`, so that versions which read
     /// namespace labels and parent JobSets from the cluster can.
     pub fn start(cluster: &Cluster, opts: WebhookOptions) -> Webhook {
+        Self::start_with_args(cluster, opts, &[])
+    }
+
+    /// [`Webhook::start`] with extra `serve` flags (e.g. `--client-ca FILE`).
+    pub fn start_with_args(
+        cluster: &Cluster,
+        opts: WebhookOptions,
+        extra_args: &[String],
+    ) -> Webhook {
         let exe = env!("CARGO_BIN_EXE_jobset-restart-webhook");
         let n = fs::read_dir(&cluster.dir).map_or(0, |d| d.count());
         let dir = cluster.dir.join(format!("webhook-{n}"));
@@ -90,6 +99,7 @@ impl Webhook {
         if let Some(config) = &opts.config {
             cmd.arg("--config").arg(config);
         }
+        cmd.args(extra_args);
         let mut proc = Proc::spawn("jobset-restart-webhook", cmd, log.clone(), &cluster.tracker);
         cluster.add_log(
             &format!("jobset-restart-webhook ({})", dir.display()),

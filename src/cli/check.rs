@@ -391,11 +391,13 @@ async fn verify_endpoint(
         Endpoint::Url(url) => match dial(url, bundle).await {
             Ok(name) => (
                 Some(true),
-                format!("a TLS handshake with {url} trusting only the caBundle verified {name}"),
+                format!(
+                    "a TLS handshake trusting only the caBundle verified the certificate for {name}"
+                ),
             ),
             Err(DialError::Verify(e)) => (
                 Some(false),
-                format!("the caBundle does not verify the certificate served at {url}: {e}"),
+                format!("the caBundle does not verify the certificate served there: {e}"),
             ),
             Err(DialError::Setup(e)) => (Some(false), e),
             Err(DialError::Connect(e)) => (

@@ -419,6 +419,7 @@ fn check_fails_when_the_api_server_drops_the_rules() {
     assert_eq!(readyz_capabilities(&webhook)["restartPolicyRules"], false);
 
     let (code, stdout, stderr) = check(&cluster, &[]);
+    eprintln!("[e2e] `check` on a cluster without ContainerRestartRules:\n{stdout}");
     assert_eq!(code, 1, "{stdout}{stderr}");
     let problems: Vec<&str> = stdout
         .lines()
@@ -450,6 +451,91 @@ fn check_fails_when_the_api_server_drops_the_rules() {
     assert_eq!(
         report["problems"].as_array().map(Vec::len),
         Some(2),
+        "{report:#}"
+    );
+
+    // A `service` clientConfig (as shipped) cannot be dialled from outside the cluster: the
+    // serving certificate is read from its Secret instead and verified for
+    // <service>.<namespace>.svc against the caBundle.
+    let certs = webhook.dir.join("certs");
+    let crt = certs.join("tls.crt").display().to_string();
+    let key = certs.join("tls.key").display().to_string();
+    cluster.kubectl_ok(
+        &[
+            "create",
+            "secret",
+            "tls",
+            "jobset-restart-webhook-tls",
+            "-n",
+            WEBHOOK_NAMESPACE,
+            "--cert",
+            &crt,
+            "--key",
+            &key,
+        ],
+        None,
+    );
+    let other_ca = jobset_restart_webhook::certs::generate(&["elsewhere".to_owned()], 30)
+        .expect("generating another CA")
+        .ca_bundle_base64();
+    let hook = |name: &str, ca: &str| {
+        json!({
+            "name": name, "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Ignore",
+            "clientConfig": {"caBundle": ca, "service": {
+                "namespace": WEBHOOK_NAMESPACE, "name": "jobset-restart-webhook", "path": "/mutate"}},
+            // never called: no namespace carries this label
+            "namespaceSelector": {"matchLabels": {"restart.jobset.dev/check-test": "never"}},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["configmaps"]}]
+        })
+    };
+    let config = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "service-check"},
+        "webhooks": [hook("right.restart.jobset.dev", &webhook.ca_bundle),
+                     hook("wrong.restart.jobset.dev", &other_ca)]
+    });
+    cluster.kubectl_ok(&["create", "-f", "-"], Some(&config.to_string()));
+    let (code, report) = check_json(&cluster, &["--webhook-configuration", "service-check"]);
+    assert_eq!(code, 1, "{report:#}");
+    let hooks = &report["webhookConfiguration"]["webhooks"];
+    assert_eq!(hooks[0]["caBundle"]["value"], true, "{report:#}");
+    assert!(
+        hooks[0]["caBundle"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(
+                "the caBundle verifies the certificate in Secret \
+                 jobset-restart-webhook/jobset-restart-webhook-tls for \
+                 jobset-restart-webhook.jobset-restart-webhook.svc"
+            ),
+        "{report:#}"
+    );
+    assert_eq!(hooks[1]["caBundle"]["value"], false, "{report:#}");
+    assert!(
+        report["problems"]
+            .to_string()
+            .contains("webhook wrong.restart.jobset.dev (service jobset-restart-webhook/jobset-restart-webhook:443/mutate): the caBundle does not verify"),
+        "{report:#}"
+    );
+    // Without the Secret it says why it cannot tell (a warning, not a problem).
+    let (_, report) = check_json(
+        &cluster,
+        &[
+            "--webhook-configuration",
+            "service-check",
+            "--tls-secret",
+            "absent",
+        ],
+    );
+    let detail = report["webhookConfiguration"]["webhooks"][0]["caBundle"].clone();
+    assert_eq!(detail["value"], Value::Null, "{report:#}");
+    assert!(
+        detail["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("routable only inside the cluster"),
         "{report:#}"
     );
 }

@@ -103,6 +103,12 @@ pub struct ServeArgs {
     /// Time a request's body may take to arrive (answered 408 after it).
     #[arg(long, env = "JRW_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub body_read_timeout: Duration,
+    /// Memory for request bodies, shared by all connections, beyond the first 64 KiB of each
+    /// (e.g. `32Mi`; at least the 7 MiB body limit). A large body that needs more waits,
+    /// within --body-read-timeout, for others to finish. Keep it (times two, for buffer
+    /// growth) well under the container's memory limit.
+    #[arg(long, env = "JRW_MAX_BODY_MEMORY", default_value = "32Mi", value_parser = parse_bytes)]
+    pub max_body_memory: usize,
     /// Time a TLS handshake may take.
     #[arg(long, env = "JRW_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub tls_handshake_timeout: Duration,
@@ -140,6 +146,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
     };
     Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// `32Mi`, `1Gi`, `512Ki`, or a number of bytes.
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: usize = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; write e.g. 32Mi, 1Gi or 4194304"))?;
+    let scale: usize = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        other => return Err(format!("{other:?} is not a size unit; use Ki, Mi or Gi")),
+    };
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// What the rest of the program plugs into the server.
@@ -301,6 +327,7 @@ pub async fn serve(
         readiness: readiness.clone(),
         max_body: MAX_BODY,
         body_timeout: args.body_read_timeout,
+        body_budget: Semaphore::new(args.max_body_memory.clamp(MAX_BODY, Semaphore::MAX_PERMITS)),
     });
     let limits = conn::Limits {
         header_read: args.header_read_timeout,
@@ -409,5 +436,16 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("32Mi"), Ok(32 << 20));
+        assert_eq!(parse_bytes("1Gi"), Ok(1 << 30));
+        assert_eq!(parse_bytes("512Ki"), Ok(512 << 10));
+        assert_eq!(parse_bytes("4194304"), Ok(4_194_304));
+        assert!(parse_bytes("32MB").is_err());
+        assert!(parse_bytes("Mi").is_err());
+        assert!(parse_bytes("99999999999999999999Gi").is_err());
     }
 }

@@ -8,6 +8,8 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::{Semaphore, SemaphorePermit};
+
 use bytes::Bytes;
 use http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -28,6 +30,10 @@ pub const MAX_BODY: usize = 7 * 1024 * 1024;
 /// Reading starts with at most this much capacity, whatever Content-Length claims, so a
 /// client cannot make us reserve memory it never sends.
 const INITIAL_CAPACITY: usize = 64 * 1024;
+/// The first bytes of every body are not counted against [`App::body_budget`], so that the
+/// usual review (a JobSet or Pod of a few KiB) never waits behind large ones. What they can
+/// hold is bounded by `--max-connections` x this.
+pub const FREE_BODY_BYTES: usize = INITIAL_CAPACITY;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
@@ -41,6 +47,11 @@ pub(crate) struct App {
     pub readiness: Arc<Readiness>,
     pub max_body: usize,
     pub body_timeout: Duration,
+    /// Bytes of body buffers beyond [`FREE_BODY_BYTES`], shared by every request: without
+    /// it, clients that send 7 MiB bodies and withhold the last byte hold 7 MiB each until
+    /// the body timeout, and a few dozen exceed a pod's memory limit. A body that needs more
+    /// waits (within the body timeout) for others to finish. At least `max_body` permits.
+    pub body_budget: Semaphore,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,7 +181,7 @@ where
 
     let body = match tokio::time::timeout(
         app.body_timeout,
-        read_body(req.into_body(), app.max_body, hint),
+        read_body(req.into_body(), app.max_body, hint, &app.body_budget),
     )
     .await
     {
@@ -192,6 +203,8 @@ where
         }
         Ok(Ok(b)) => b,
     };
+    // Held until the answer is built: the buffer lives that long.
+    let (body, _budget) = body;
     if body.is_empty() {
         let reason =
             "the body is empty; expected an admission.k8s.io/v1 AdmissionReview".to_owned();
@@ -252,23 +265,52 @@ enum BodyError {
 }
 
 /// Reads the body into memory, stopping (without reading further) once it passes `max`.
-async fn read_body<B>(body: B, max: usize, hint: usize) -> Result<Vec<u8>, BodyError>
+/// The buffer's capacity beyond [`FREE_BODY_BYTES`] is taken from `budget` before it is
+/// allocated (waiting when the budget is spent); the permits come back with the buffer.
+async fn read_body<'b, B>(
+    body: B,
+    max: usize,
+    hint: usize,
+    budget: &'b Semaphore,
+) -> Result<(Vec<u8>, Option<SemaphorePermit<'b>>), BodyError>
 where
     B: Body<Data = Bytes>,
     B::Error: Display,
 {
     let mut body = pin!(body);
-    let mut buf = Vec::with_capacity(hint);
+    let mut buf = Vec::with_capacity(hint.min(FREE_BODY_BYTES));
+    let mut held: Option<SemaphorePermit<'b>> = None;
+    let mut held_bytes = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
-            if buf.len().saturating_add(data.len()) > max {
+            let needed = buf.len().saturating_add(data.len());
+            if needed > max {
                 return Err(BodyError::TooLarge);
+            }
+            if needed > buf.capacity() {
+                // Grow like `Vec` would (doubling), but never past `max`, and pay first.
+                let capacity = needed.max(buf.capacity().saturating_mul(2)).min(max);
+                let counted = capacity.saturating_sub(FREE_BODY_BYTES);
+                if counted > held_bytes {
+                    let more =
+                        u32::try_from(counted - held_bytes).map_err(|_| BodyError::TooLarge)?;
+                    let permit = budget
+                        .acquire_many(more)
+                        .await
+                        .map_err(|_| BodyError::Read("the server is shutting down".into()))?;
+                    match &mut held {
+                        Some(h) => h.merge(permit),
+                        None => held = Some(permit),
+                    }
+                    held_bytes = counted;
+                }
+                buf.reserve_exact(capacity - buf.len());
             }
             buf.extend_from_slice(&data);
         }
     }
-    Ok(buf)
+    Ok((buf, held))
 }
 
 struct InFlight<'a>(&'a Metrics);
@@ -339,6 +381,7 @@ mod tests {
             readiness: Arc::new(readiness),
             max_body: MAX_BODY,
             body_timeout: Duration::from_secs(1),
+            body_budget: Semaphore::new(MAX_BODY),
         }
     }
 

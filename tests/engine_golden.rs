@@ -312,3 +312,65 @@ fn invalid_annotations_are_denied_with_422_and_the_message() {
         "restart.jobset.dev/replicated-jobs: \"wrkers\": this JobSet has no replicated job \"wrkers\"; it has: workers"
     );
 }
+
+#[test]
+fn pruning_crd_with_pod_target_leaves_the_containers_to_the_pods() {
+    let mut config = Config::default();
+    config.targets.pods = true;
+    let facts = ClusterFacts {
+        jobset_crd_keeps_rules: Some(false),
+        ..ClusterFacts::default()
+    };
+    let ctx = Context {
+        config: &config,
+        namespace_labels: None,
+        facts,
+    };
+    let doc = yaml_docs(&fixture("jobsets/single.yaml")).remove(0);
+    let m = mutate_jobset(&doc.to_string(), &ctx).expect("allowed");
+    let out = apply(&doc, &m);
+    // Only what the CRD keeps: the pod template's restartPolicy and the summary.
+    assert_eq!(
+        changed_paths(&doc, &out),
+        [APPLIED.to_owned(), format!("{RJ0}/restartPolicy")]
+    );
+    assert_eq!(
+        m.summary.as_deref(),
+        Some("workers/trainer=RestartAllContainers:NotIn(0)")
+    );
+    assert_eq!(
+        m.warnings,
+        [
+            "the installed JobSet CRD predates restartPolicyRules (JobSet < v0.10) and would prune them: the rules are injected into this JobSet's pods instead (pod target)"
+        ]
+    );
+    // ...so the pods made from that template get the rules.
+    let parent = ParentJobSet::from_jobset_json(&out.to_string()).expect("parent");
+    let template = out.pointer(&format!("{RJ0}")).cloned().unwrap_or_default();
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "single-workers-0-0-x", "labels": {"jobset.sigs.k8s.io/jobset-name": "single", "jobset.sigs.k8s.io/replicatedjob-name": "workers"}},
+        "spec": template});
+    let pm = mutate_pod(&pod.to_string(), &ctx, &|_| Some(parent.clone()));
+    let pod_out = apply(&pod, &pm);
+    assert_eq!(
+        changed_paths(&pod, &pod_out),
+        [
+            "/spec/containers/0/restartPolicy",
+            "/spec/containers/0/restartPolicyRules"
+        ]
+    );
+    // Without the pod target the JobSet is mutated as usual, with a warning that the CRD prunes.
+    let config = Config::default();
+    let ctx = Context {
+        config: &config,
+        namespace_labels: None,
+        facts,
+    };
+    let m = mutate_jobset(&doc.to_string(), &ctx).expect("allowed");
+    assert_eq!(m.patch.len(), 4);
+    assert!(
+        m.warnings[0].contains("the injected rules will not be stored"),
+        "{:?}",
+        m.warnings
+    );
+}

@@ -239,6 +239,8 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
 
     let mut applied = Applied::default();
     let mut any_enabled = false;
+    let rules_go_to_pods =
+        ctx.facts.jobset_crd_keeps_rules == Some(false) && ctx.config.targets.pods;
     for (i, (rj, rj_ann)) in spec
         .replicated_jobs
         .iter()
@@ -283,6 +285,16 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
             .concat(&PointerBuf::from_tokens([
                 "template", "spec", "template", "spec",
             ]));
+        // A CRD that prunes the rules would keep only the containers' `restartPolicy`, and
+        // the pod target would then take those containers for user-set and skip them. So
+        // with the pod target on, the containers are left to it: the JobSet gets the pod
+        // template's `restartPolicy` and the summary of what the pods will carry.
+        let mut template_ops = Mutation::default();
+        let sink = if rules_go_to_pods {
+            &mut template_ops
+        } else {
+            &mut out
+        };
         plan_pod_spec(
             pod_spec,
             &base,
@@ -290,9 +302,10 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
             name,
             Target::Template,
             ctx,
-            &mut out,
+            sink,
             &mut applied,
         )?;
+        out.warnings.append(&mut template_ops.warnings);
         match pod_spec.restart_policy.as_deref() {
             None => out.patch.add_under(&base, "restartPolicy", never()),
             Some("Never") => {}
@@ -322,7 +335,13 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
         );
         return Ok(out);
     }
-    if ctx.facts.jobset_crd_keeps_rules == Some(false) {
+    if rules_go_to_pods {
+        out.warnings.push(
+            "the installed JobSet CRD predates restartPolicyRules (JobSet < v0.10) and would \
+             prune them: the rules are injected into this JobSet's pods instead (pod target)"
+                .to_owned(),
+        );
+    } else if ctx.facts.jobset_crd_keeps_rules == Some(false) {
         out.warnings.push(
             "the installed JobSet CRD predates restartPolicyRules (JobSet < v0.10) and prunes \
              them from JobSets: the injected rules will not be stored; upgrade JobSet or run \

@@ -305,9 +305,6 @@ fn old_jobset_crd_is_detected_and_check_reports_the_pruning() {
 }
 
 #[test]
-#[ignore = "needs the engine to leave a pruning CRD's containers to the pod target: today the \
-            JobSet target's container restartPolicy survives the pruning and the pod target \
-            then treats the container as user-set (see the cluster-aware report)"]
 fn old_jobset_crd_pods_get_the_rules_from_the_pod_target() {
     let _t = TestTimer::start("old_jobset_crd_pods_get_the_rules_from_the_pod_target");
     let (cluster, _webhook) = old_crd_cluster("old-crd-pods");

@@ -55,7 +55,10 @@ fn container_restart_rules_off_silently_drops_the_rules_from_jobs_and_pods() {
         feature_gates: "ContainerRestartRules=false,RestartAllContainersOnContainerExits=false,NodeDeclaredFeatures=true".to_owned(),
         ..ClusterOptions::default()
     });
-    let webhook = Webhook::start(&c, WebhookOptions::default());
+    // Offline (--no-cluster): this test records what the API server itself does with the
+    // rules; the cluster-aware behaviour on this cluster is tests/e2e/cluster_aware.rs.
+    let webhook =
+        Webhook::start_with_args(&c, WebhookOptions::default(), &["--no-cluster".to_owned()]);
     let ns = c.namespace("rules-off", &[]);
     webhook.register(&c, None, &ns);
     create_ok(&c, &ns, &training_jobset("train", &[OPTED_IN]));
@@ -111,7 +114,10 @@ fn restart_all_containers_off_rejects_the_child_jobs_of_the_default_action() {
         feature_gates: "ContainerRestartRules=true,RestartAllContainersOnContainerExits=false,NodeDeclaredFeatures=true".to_owned(),
         ..ClusterOptions::default()
     });
-    let webhook = Webhook::start(&c, WebhookOptions::default());
+    // Offline (--no-cluster): this test records what the API server itself does with the
+    // rules; the cluster-aware behaviour on this cluster is tests/e2e/cluster_aware.rs.
+    let webhook =
+        Webhook::start_with_args(&c, WebhookOptions::default(), &["--no-cluster".to_owned()]);
     let ns = c.namespace("restart-all-off", &[]);
     webhook.register(&c, None, &ns);
 

@@ -60,6 +60,9 @@ impl Webhook {
                 "127.0.0.1:0",
                 "--metrics-listen",
                 "127.0.0.1:0",
+                // Hermetic: never the developer's kubeconfig (the cluster features have their
+                // own tests on the real control plane, tests/e2e).
+                "--no-cluster",
             ])
             .args(args)
             .env("RUST_LOG", "info")

@@ -105,8 +105,8 @@ pub struct ServeArgs {
     pub body_read_timeout: Duration,
     /// Memory for request bodies, shared by all connections, beyond the first 64 KiB of each
     /// (e.g. `32Mi`; at least the 7 MiB body limit). A large body that needs more waits,
-    /// within --body-read-timeout, for others to finish. Keep it (times two, for buffer
-    /// growth) well under the container's memory limit.
+    /// within --body-read-timeout, for others to finish. Keep it, plus --max-connections
+    /// times 64 KiB, well under the container's memory limit.
     #[arg(long, env = "JRW_MAX_BODY_MEMORY", default_value = "32Mi", value_parser = parse_bytes)]
     pub max_body_memory: usize,
     /// Time a TLS handshake may take.

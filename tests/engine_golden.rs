@@ -346,7 +346,7 @@ fn pruning_crd_with_pod_target_leaves_the_containers_to_the_pods() {
     );
     // ...so the pods made from that template get the rules.
     let parent = ParentJobSet::from_jobset_json(&out.to_string()).expect("parent");
-    let template = out.pointer(&format!("{RJ0}")).cloned().unwrap_or_default();
+    let template = out.pointer(RJ0).cloned().unwrap_or_default();
     let pod = json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "single-workers-0-0-x", "labels": {"jobset.sigs.k8s.io/jobset-name": "single", "jobset.sigs.k8s.io/replicatedjob-name": "workers"}},
         "spec": template});

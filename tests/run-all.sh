@@ -23,6 +23,13 @@ cargo clippy --all-targets --features e2e -- -D warnings
 step "unit and integration tests"
 cargo test --all-targets
 
+step "supply chain: cargo deny (licenses, bans, sources; advisories need the advisory database, which this network cannot fetch)"
+command -v cargo-deny >/dev/null 2>&1 || cargo install --locked cargo-deny
+cargo deny check licenses bans sources
+
+step "fuzzing: each cargo-fuzz target briefly (nightly toolchain)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-30}" fuzz/run-ci.sh
+
 step "control plane (etcd, kube-apiserver, kube-controller-manager, kubectl, JobSet controller)"
 t0=$(date +%s)
 CONTROL_PLANE_BIN="$(tests/cluster/build.sh)"

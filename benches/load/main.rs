@@ -866,8 +866,10 @@ fn bench(opts: &Opts) {
             for f in fractions {
                 let rate = floor_rps * f;
                 let mut cells = Vec::new();
+                let mut late: f64 = 0.0;
                 for s in &servers {
                     let m = b.measure(s, body, c, Load::Rate(rate));
+                    late = late.max(m.run.lateness.value_at_quantile(0.99) as f64 / 1000.0);
                     cells.push(if m.run.errors > 0 {
                         format!("overloaded ({} errors)", m.run.errors)
                     } else {
@@ -879,7 +881,7 @@ fn bench(opts: &Opts) {
                 }
                 let _ = writeln!(
                     lat_rows,
-                    "| {} | {c} | {:.0} % ({rate:.0}/s) | {} |",
+                    "| {} | {c} | {:.0} % ({rate:.0}/s) | {} | {late:.0} |",
                     body.name,
                     f * 100.0,
                     cells.join(" | ")
@@ -974,7 +976,7 @@ fn bench(opts: &Opts) {
     out.push_str("| body | size | conns | TLS floor req/s | parse floor req/s | webhook req/s | webhook / TLS floor (by CPU/req) | webhook / parse floor (by CPU/req) | server CPU µs/req (TLS / parse / webhook) | client core busy | other jobs on server core (max) |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     out.push_str(&sat_rows);
     out.push_str("\n### Latency at fixed rates (open loop, % of the parse floor's saturation), p50 / p99 / p99.9 µs\n\n");
-    out.push_str("| body | conns | rate | TLS floor | parse floor | webhook | webhook+parent |\n|---|---|---|---|---|---|---|\n");
+    out.push_str("| body | conns | rate | TLS floor | parse floor | webhook | webhook+parent | load generator's send lateness p99 µs (max) |\n|---|---|---|---|---|---|---|---|\n");
     out.push_str(&lat_rows);
     let _ = writeln!(
         out,

@@ -11,5 +11,6 @@ pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod engine;
+pub mod policy;
 pub mod server;
 pub mod telemetry;

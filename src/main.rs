@@ -28,6 +28,9 @@ enum Command {
     /// Check the cluster in the current kubeconfig: can in-place restart work there, as the
     /// webhook is registered? Exit 0 yes, 1 no (one line per problem), 2 could not check.
     Check(cli::check::CheckArgs),
+    /// Print the equivalent MutatingAdmissionPolicy and ValidatingAdmissionPolicy (with
+    /// bindings) for a cluster config, for clusters that run no webhook.
+    Policy(cli::policy::PolicyArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Command::Mutate(args) => cli::mutate::run(args),
         Command::Certs(args) => certs::run(args),
         Command::Check(args) => cli::check::run(args),
+        Command::Policy(args) => cli::policy::run(args),
     };
     match result {
         Ok(code) => code,

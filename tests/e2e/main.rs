@@ -21,6 +21,7 @@ mod basic;
 mod client_auth;
 mod cluster_aware;
 mod deploy;
+mod differential;
 mod gates;
 mod manifests;
 mod old_crd;

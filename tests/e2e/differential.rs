@@ -8,17 +8,17 @@
 //! difference is listed by file, combination and JSON path.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::cluster::{Cluster, ClusterOptions, JOBSET_V0_12_0, jobset_module_dir};
-use crate::util::{TestTimer, at, load_yaml, repo_root, wait_for};
-use crate::webhook::{Webhook, WebhookOptions, dry_run_probe};
+use crate::cluster::{Cluster, ClusterOptions, JOBSET_V0_12_0, TestNamespace, jobset_module_dir};
+use crate::util::{TestTimer, at, load_yaml, repo_root, wait_for, yaml_documents};
+use crate::webhook::{Webhook, WebhookOptions};
 
 /// The namespace label both registrations add to their namespace selectors.
 const ENGINE_LABEL: &str = "restart-e2e.jobset.dev/engine";
 const APPLIED: &str = "restart.jobset.dev/applied";
-const CONFIG: &str = "tests/fixtures/config.yaml";
 
 type Edit = fn(&mut Value);
 
@@ -102,15 +102,29 @@ const COMBINATIONS: &[(&str, Edit)] = &[
         set(d, "replicated-jobs", "nope");
     }),
     ("unknown-key", |d| set(d, "inplace", "enabled")),
+    ("too-many", |d| {
+        set(d, "in-place", "enabled");
+        set(d, "on-exit-codes", "0-255");
+    }),
+    ("quoted", |d| set(d, "in-place", "say \"yes\" \\ no")),
+    ("long", |d| {
+        set(d, "in-place", "enabled");
+        set(d, "containers", &format!("trainer,{}", "x".repeat(100)));
+    }),
+    ("unicode", |d| {
+        set(d, "in-place", "enabled");
+        set(d, "containers", "trainer, träiner");
+    }),
+    ("preset-off", |d| set(d, "preset", "off")),
     ("rjob-bad", |d| {
         set(d, "in-place", "enabled");
         set_rjob(d, 0, "replicated-jobs", "x");
     }),
 ];
 
-/// Combinations also created in namespaces labelled `restart.jobset.dev/in-place=enabled`
-/// (the namespace default only matters where no annotation decides).
-const IN_LABELLED_NAMESPACES: &[&str] = &["as-is", "disabled", "preset", "rjob-only"];
+/// Combinations also created in namespaces with the `restart.jobset.dev/in-place` label (the
+/// namespace default only matters where no annotation decides).
+const IN_LABELLED_NAMESPACES: &[&str] = &["as-is", "disabled", "preset", "rjob-only", "preset-off"];
 
 fn set(doc: &mut Value, key: &str, value: &str) {
     doc["metadata"]["annotations"][format!("restart.jobset.dev/{key}")] = json!(value);
@@ -190,7 +204,16 @@ impl Api {
     }
 
     fn create(&self, namespace: &str, jobset: &Value) -> Outcome {
-        let path = format!("/apis/jobset.x-k8s.io/v1alpha2/namespaces/{namespace}/jobsets");
+        self.post(namespace, jobset, "")
+    }
+
+    /// A server-side dry run: admission runs, nothing is stored.
+    fn dry_run(&self, namespace: &str, jobset: &Value) -> Outcome {
+        self.post(namespace, jobset, "?dryRun=All")
+    }
+
+    fn post(&self, namespace: &str, jobset: &Value, query: &str) -> Outcome {
+        let path = format!("/apis/jobset.x-k8s.io/v1alpha2/namespaces/{namespace}/jobsets{query}");
         let request = http::Request::post(path)
             .header("content-type", "application/json")
             .body(jobset.to_string().into_bytes())
@@ -226,7 +249,13 @@ fn differences(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
             keys.dedup();
             for k in keys {
                 let p = format!("{path}/{}", k.replace('~', "~0").replace('/', "~1"));
-                differences(&x[k.as_str()], &y[k.as_str()], &p, out);
+                let null = Value::Null;
+                differences(
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                    &p,
+                    out,
+                );
             }
         }
         (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
@@ -239,10 +268,10 @@ fn differences(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
     }
 }
 
-fn generated_policy() -> Value {
+fn generated_policy(config: &str) -> Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobset-restart-webhook"))
         .args(["policy", "-o", "json", "--config"])
-        .arg(repo_root().join(CONFIG))
+        .arg(repo_root().join(config))
         .output()
         .expect("running jobset-restart-webhook policy");
     assert!(
@@ -262,101 +291,166 @@ fn select_engine(selector: &mut Value, engine: &str) {
     }
 }
 
-#[test]
-fn policy_and_webhook_store_the_same_jobsets() {
-    let _t = TestTimer::start("policy_and_webhook_store_the_same_jobsets");
-    // No controllers: nothing but admission acts on the JobSets, and thousands of child
-    // Jobs are not made.
-    let cluster = Cluster::start(ClusterOptions {
-        name: "differential",
-        controller_manager: false,
-        jobset_controller: false,
-        ..ClusterOptions::default()
-    });
-    let c = &cluster;
-    let ns = |prefix: &str, engine: &str, labelled: bool| {
+/// The cluster configs both engines are given; the value of the namespace label in the
+/// labelled namespaces (the namespace default matters where it differs from the config's);
+/// and the overlay whose MutatingWebhookConfiguration registers the webhook for that config
+/// (`None`: the base's).
+const CONFIGS: &[(&str, &str, Option<&str>)] = &[
+    ("tests/fixtures/config.yaml", "enabled", None),
+    (
+        "tests/fixtures/config-defaults.yaml",
+        "false",
+        Some("manifests/overlays/cluster-default-enabled"),
+    ),
+];
+
+/// One config's engines: (webhook namespace, policy namespace) pairs, plain then labelled.
+struct Engines<'c> {
+    config: &'static str,
+    plain: (TestNamespace<'c>, TestNamespace<'c>),
+    labelled: (TestNamespace<'c>, TestNamespace<'c>),
+    _webhook: Webhook,
+}
+
+/// Starts a webhook with `config` and applies the generated policies for it, each selecting
+/// only its own namespaces (`ENGINE_LABEL` = `webhook-N` / `policy-N`), and waits until the
+/// API server calls both.
+fn engines<'c>(
+    c: &'c Cluster,
+    n: usize,
+    (config, label, overlay): (&'static str, &str, Option<&str>),
+) -> Engines<'c> {
+    let (we, pe) = (format!("webhook-{n}"), format!("policy-{n}"));
+    let ns = |engine: &str, labelled: bool| {
         let mut labels = vec![(ENGINE_LABEL, engine)];
         if labelled {
-            labels.push(("restart.jobset.dev/in-place", "enabled"));
+            labels.push(("restart.jobset.dev/in-place", label));
         }
-        c.namespace(prefix, &labels)
+        c.namespace(engine, &labels)
     };
-    let (wh, wh_labelled) = (
-        ns("webhook", "webhook", false),
-        ns("webhook-ns", "webhook", true),
-    );
-    let (po, po_labelled) = (
-        ns("policy", "policy", false),
-        ns("policy-ns", "policy", true),
-    );
+    let plain = (ns(&we, false), ns(&pe, false));
+    let labelled = (ns(&we, true), ns(&pe, true));
 
-    // The webhook, registered as shipped but only for the webhook's namespaces.
+    // The webhook, registered as shipped (renamed per config) but only for its namespaces.
     let webhook = Webhook::start(
         c,
         WebhookOptions {
             targets: None,
-            config: Some(repo_root().join(CONFIG)),
+            config: Some(repo_root().join(config)),
         },
     );
-    let mut mwc = webhook.configuration(None);
+    let mut mwc = webhook.configuration(Some(&format!("00-jobset-restart-webhook-{n}")));
+    if let Some(overlay) = overlay {
+        // The overlay's webhooks as kubectl's kustomize renders them, pointed at this webhook.
+        let rendered = c.kubectl_ok(
+            &["kustomize", &repo_root().join(overlay).to_string_lossy()],
+            None,
+        );
+        let from_overlay = yaml_documents(&rendered, overlay)
+            .into_iter()
+            .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+            .unwrap_or_else(|| panic!("{overlay} renders no MutatingWebhookConfiguration"));
+        let mut hooks = from_overlay["webhooks"].clone();
+        for (h, shipped) in hooks
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .zip(mwc["webhooks"].as_array().into_iter().flatten())
+        {
+            h["clientConfig"] = shipped["clientConfig"].clone();
+        }
+        mwc["webhooks"] = hooks;
+    }
     for w in mwc["webhooks"].as_array_mut().into_iter().flatten() {
-        select_engine(&mut w["namespaceSelector"], "webhook");
+        select_engine(&mut w["namespaceSelector"], &we);
     }
     c.kubectl_ok(&["apply", "-f", "-"], Some(&mwc.to_string()));
 
-    // The generated policies, as printed, bound only to the policy's namespaces.
-    let mut policy = generated_policy();
+    // The generated policies, as printed (renamed per config), bound only to its namespaces.
+    let mut policy = generated_policy(config);
     let items = policy["items"]
         .as_array_mut()
         .expect("policy prints a List");
     assert_eq!(items.len(), 4, "policy prints four objects");
     for item in items.iter_mut() {
+        let name = format!(
+            "{}-{n}",
+            item["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        item["metadata"]["name"] = json!(name);
         if item["kind"]
             .as_str()
             .is_some_and(|k| k.ends_with("Binding"))
         {
+            item["spec"]["policyName"] = json!(name);
             select_engine(
                 &mut item["spec"]["matchResources"]["namespaceSelector"],
-                "policy",
+                &pe,
             );
         }
     }
     let applied = c.kubectl(&["apply", "-f", "-"], Some(&policy.to_string()));
     assert!(
         applied.status.success(),
-        "the API server refused the generated policy: {}",
+        "the API server refused the generated policy for {config}: {}",
         String::from_utf8_lossy(&applied.stderr)
     );
 
-    for namespace in [&*wh, &*po] {
+    // Both engines mutate an opted-in JobSet (container `trainer`, which both configs
+    // select) and the validating policy denies an invalid one.
+    let api = Api::new(c);
+    let probe = crate::training_jobset("probe", &[("restart.jobset.dev/in-place", "enabled")]);
+    for namespace in [&plain.0, &plain.1] {
         wait_for(
             "the engine to mutate a dry-run JobSet",
-            std::time::Duration::from_secs(60),
-            || {
-                let stored = dry_run_probe(c, namespace);
-                match at(&stored, "/metadata/annotations/restart.jobset.dev~1applied") {
-                    Value::String(_) => Ok(()),
-                    _ => Err(format!("in {namespace}: {stored}")),
+            Duration::from_secs(60),
+            || match api.dry_run(namespace, &probe) {
+                Outcome::Stored(stored)
+                    if at(&stored, "/metadata/annotations/restart.jobset.dev~1applied")
+                        .is_string() =>
+                {
+                    Ok(())
                 }
+                other => Err(format!("in {}: {other:?}", namespace.name)),
             },
         );
     }
-    let api = Api::new(c);
+    let mut bad = probe.clone();
+    set(&mut bad, "in-place", "maybe");
     wait_for(
         "the validating policy to deny",
-        std::time::Duration::from_secs(60),
-        || {
-            let mut probe = crate::training_jobset("probe-denied", &[]);
-            set(&mut probe, "in-place", "maybe");
-            match api.create(&po, &probe) {
-                Outcome::Refused(..) => Ok(()),
-                Outcome::Stored(_) => {
-                    let _ = c.kubectl(&["delete", "jobset", "-n", &po, "probe-denied"], None);
-                    Err("stored".to_owned())
-                }
-            }
+        Duration::from_secs(60),
+        || match api.dry_run(&plain.1, &bad) {
+            Outcome::Refused(..) => Ok(()),
+            Outcome::Stored(_) => Err("stored".to_owned()),
         },
     );
+    Engines {
+        config,
+        plain,
+        labelled,
+        _webhook: webhook,
+    }
+}
+
+#[test]
+fn policy_and_webhook_store_the_same_jobsets() {
+    let _t = TestTimer::start("policy_and_webhook_store_the_same_jobsets");
+    // JobSet's controller runs with its own mutating and validating webhooks, so both engines
+    // meet JobSet's defaulting (and the reinvocation it triggers) as in a real cluster. No
+    // controller manager: the child Jobs make no pods.
+    let cluster = Cluster::start(ClusterOptions {
+        name: "differential",
+        controller_manager: false,
+        ..ClusterOptions::default()
+    });
+    let c = &cluster;
+    let all: Vec<Engines<'_>> = CONFIGS
+        .iter()
+        .enumerate()
+        .map(|(n, config)| engines(c, n, *config))
+        .collect();
+    let api = Api::new(c);
 
     let mut files: Vec<PathBuf> = Vec::new();
     for dir in [
@@ -384,67 +478,71 @@ fn policy_and_webhook_store_the_same_jobsets() {
                 continue;
             }
             jobsets += 1;
-            for (combo, edit) in COMBINATIONS {
-                let namespaces: &[(&str, &str)] = if IN_LABELLED_NAMESPACES.contains(combo) {
-                    &[(&wh, &po), (&wh_labelled, &po_labelled)]
-                } else {
-                    &[(&wh, &po)]
-                };
-                for (w_ns, p_ns) in namespaces {
-                    let mut doc = original.clone();
-                    edit(&mut doc);
-                    let stem = file_name.trim_end_matches(".yaml").replace('_', "-");
-                    let name = format!("{stem}-{d}-{combo}");
-                    doc["metadata"]["name"] = json!(name);
-                    if let Some(m) = doc["metadata"].as_object_mut() {
-                        m.remove("namespace");
+            for engines in &all {
+                for (combo, edit) in COMBINATIONS {
+                    let mut pairs = vec![&engines.plain];
+                    if IN_LABELLED_NAMESPACES.contains(combo) {
+                        pairs.push(&engines.labelled);
                     }
-                    let what = format!("{file_name} #{d} {combo} (in {w_ns} / {p_ns})");
-                    match (api.create(w_ns, &doc), api.create(p_ns, &doc)) {
-                        (Outcome::Stored(a), Outcome::Stored(b)) => {
-                            let mut diffs = Vec::new();
-                            differences(&a["spec"], &b["spec"], "/spec", &mut diffs);
-                            let (x, y) = (
-                                &a["metadata"]["annotations"][APPLIED],
-                                &b["metadata"]["annotations"][APPLIED],
-                            );
-                            if x != y {
-                                diffs.push(format!("applied: webhook {x}, policy {y}"));
-                            }
-                            if diffs.is_empty() {
-                                same_stored += 1;
-                                if x.is_string() {
-                                    with_applied += 1;
+                    for (w_ns, p_ns) in pairs {
+                        let mut doc = original.clone();
+                        edit(&mut doc);
+                        let stem = file_name.trim_end_matches(".yaml").replace('_', "-");
+                        doc["metadata"]["name"] = json!(format!("{stem}-{d}-{combo}"));
+                        if let Some(m) = doc["metadata"].as_object_mut() {
+                            m.remove("namespace");
+                        }
+                        let what = format!(
+                            "{file_name} #{d} {combo} with {} (in {} / {})",
+                            engines.config, w_ns.name, p_ns.name
+                        );
+                        match (api.create(w_ns, &doc), api.create(p_ns, &doc)) {
+                            (Outcome::Stored(a), Outcome::Stored(b)) => {
+                                let mut diffs = Vec::new();
+                                differences(&a["spec"], &b["spec"], "/spec", &mut diffs);
+                                let (x, y) = (
+                                    &a["metadata"]["annotations"][APPLIED],
+                                    &b["metadata"]["annotations"][APPLIED],
+                                );
+                                if x != y {
+                                    diffs.push(format!("applied: webhook {x}, policy {y}"));
                                 }
-                            } else {
-                                problems.push(format!("{what}: {}", diffs.join("; ")));
+                                if diffs.is_empty() {
+                                    same_stored += 1;
+                                    if x.is_string() {
+                                        with_applied += 1;
+                                    }
+                                } else {
+                                    problems.push(format!("{what}: {}", diffs.join("; ")));
+                                }
                             }
-                        }
-                        (Outcome::Refused(x, m), Outcome::Refused(y, n)) => {
-                            if x == y && m == n {
-                                same_refused += 1;
-                            } else {
-                                problems.push(format!(
-                                    "{what}: both refused, webhook {x} {m:?}, policy {y} {n:?}"
-                                ));
+                            (Outcome::Refused(x, m), Outcome::Refused(y, n)) => {
+                                if x == y && m == n {
+                                    same_refused += 1;
+                                } else {
+                                    problems.push(format!(
+                                        "{what}: both refused, webhook {x} {m:?}, policy {y} {n:?}"
+                                    ));
+                                }
                             }
+                            (Outcome::Stored(_), Outcome::Refused(y, n)) => problems.push(format!(
+                                "{what}: the webhook stored it, the policy refused it ({y}): {n}"
+                            )),
+                            (Outcome::Refused(x, m), Outcome::Stored(_)) => problems.push(format!(
+                                "{what}: the policy stored it, the webhook refused it ({x}): {m}"
+                            )),
                         }
-                        (Outcome::Stored(_), Outcome::Refused(y, n)) => problems.push(format!(
-                            "{what}: the webhook stored it, the policy refused it ({y}): {n}"
-                        )),
-                        (Outcome::Refused(x, m), Outcome::Stored(_)) => problems.push(format!(
-                            "{what}: the policy stored it, the webhook refused it ({x}): {m}"
-                        )),
                     }
                 }
             }
         }
     }
     eprintln!(
-        "[e2e] differential: {jobsets} JobSets x {} combinations: {same_stored} stored \
-         identically ({with_applied} with an applied annotation), {same_refused} refused \
-         identically, {} differences",
+        "[e2e] differential: {jobsets} JobSets x {} combinations x {} configs: {same_stored} \
+         stored identically ({with_applied} with an applied annotation), {same_refused} \
+         refused identically, {} differences",
         COMBINATIONS.len(),
+        CONFIGS.len(),
         problems.len()
     );
     assert!(
@@ -458,7 +556,7 @@ fn policy_and_webhook_store_the_same_jobsets() {
         "expected the samples and fixtures; found {jobsets} JobSets"
     );
     assert!(
-        with_applied >= jobsets * 8 && same_refused >= jobsets * 8,
+        with_applied >= jobsets * 16 && same_refused >= jobsets * 20,
         "too few mutated ({with_applied}) or refused ({same_refused}) JobSets for {jobsets} \
          JobSets: the combinations did not take effect"
     );

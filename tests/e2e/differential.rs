@@ -173,6 +173,43 @@ fn first_containers(doc: &Value) -> String {
     names.join(",")
 }
 
+/// The combinations the large JobSet is created with (each stored one makes 32 child Jobs).
+const LARGE_COMBINATIONS: &[&str] = &["as-is", "enabled", "containers", "overrides", "bad-code"];
+
+/// `rjobs` replicated jobs of `containers` containers each (one of them a named sidecar init
+/// container), every replicated job with its own exit codes.
+fn large_jobset(rjobs: usize, containers: usize) -> Value {
+    let replicated: Vec<Value> = (0..rjobs)
+        .map(|r| {
+            let regular: Vec<Value> = (0..containers)
+                .map(|i| {
+                    let name = if i == 0 { "trainer".to_owned() } else { format!("c{i}") };
+                    json!({"name": name, "image": "busybox:1.36"})
+                })
+                .collect();
+            json!({
+                "name": format!("r{r}"),
+                "replicas": 1,
+                "template": {
+                    "metadata": {"annotations": {
+                        "restart.jobset.dev/on-exit-codes": format!("{},100-120,{}", r % 50, 200 + r)
+                    }},
+                    "spec": {"template": {"spec": {
+                        "containers": regular,
+                        "initContainers": [{"name": "sidecar", "image": "busybox:1.36", "restartPolicy": "Always"}]
+                    }}}
+                }
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "jobset.x-k8s.io/v1alpha2",
+        "kind": "JobSet",
+        "metadata": {"name": "large"},
+        "spec": {"replicatedJobs": replicated}
+    })
+}
+
 /// How one create ended: the stored object, or the API server's code and the text after
 /// its wrapper ("... denied the request: " / "... denied request: ").
 #[derive(Debug)]
@@ -468,18 +505,28 @@ fn policy_and_webhook_store_the_same_jobsets() {
 
     let mut problems: Vec<String> = Vec::new();
     let (mut same_stored, mut same_refused, mut with_applied, mut jobsets) = (0, 0, 0, 0);
+    let mut documents: Vec<(String, usize, Value)> = Vec::new();
     for file in &files {
         let file_name = file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        for (d, original) in load_yaml(file).into_iter().enumerate() {
-            if original["kind"] != "JobSet" {
-                continue;
+        for (d, doc) in load_yaml(file).into_iter().enumerate() {
+            if doc["kind"] == "JobSet" {
+                documents.push((file_name.clone(), d, doc));
             }
+        }
+    }
+    // A large JobSet, so that the policy's CEL runs near a realistic worst case of its cost.
+    documents.push(("large.yaml".to_owned(), 0, large_jobset(32, 8)));
+    for (file_name, d, original) in &documents {
+        {
             jobsets += 1;
             for engines in &all {
                 for (combo, edit) in COMBINATIONS {
+                    if file_name == "large.yaml" && !LARGE_COMBINATIONS.contains(combo) {
+                        continue;
+                    }
                     let mut pairs = vec![&engines.plain];
                     if IN_LABELLED_NAMESPACES.contains(combo) {
                         pairs.push(&engines.labelled);

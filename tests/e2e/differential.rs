@@ -192,7 +192,7 @@ fn large_jobset(rjobs: usize, containers: usize) -> Value {
                 "replicas": 1,
                 "template": {
                     "metadata": {"annotations": {
-                        "restart.jobset.dev/on-exit-codes": format!("{},100-120,{}", r % 50, 200 + r)
+                        "restart.jobset.dev/on-exit-codes": format!("{},100-120,{}", r % 50, 200 + r % 50)
                     }},
                     "spec": {"template": {"spec": {
                         "containers": regular,
@@ -402,6 +402,28 @@ fn engines<'c>(
         select_engine(&mut w["namespaceSelector"], &we);
     }
     c.kubectl_ok(&["apply", "-f", "-"], Some(&mwc.to_string()));
+
+    // The YAML output as a user applies it (comments and all); a server-side dry run, so that
+    // the objects below, renamed and scoped, are the ones that act.
+    let yaml = std::process::Command::new(env!("CARGO_BIN_EXE_jobset-restart-webhook"))
+        .args(["policy", "--config"])
+        .arg(repo_root().join(config))
+        .output()
+        .expect("running jobset-restart-webhook policy");
+    assert!(
+        yaml.status.success(),
+        "policy failed: {}",
+        String::from_utf8_lossy(&yaml.stderr)
+    );
+    let dry = c.kubectl(
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&String::from_utf8_lossy(&yaml.stdout)),
+    );
+    assert!(
+        dry.status.success(),
+        "the API server refused the YAML output of policy --config {config}: {}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
 
     // The generated policies, as printed (renamed per config), bound only to its namespaces.
     let mut policy = generated_policy(config);

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use admission_reviews::*;
 use hardening::*;
+use jobset_restart_webhook::engine::mutate::{MAX_APPLIED_BYTES, MAX_CHANGED_CONTAINERS};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
@@ -23,6 +24,23 @@ const ON_EXIT: &str = "restart.jobset.dev/on-exit-codes";
 /// Generous: the server idles at a few MiB; a 7 MiB body and the biggest answers of the
 /// catalog must not take it anywhere near this.
 const MAX_HWM_MIB: u64 = 400;
+
+/// `n` containers named `{prefix}{i}` with a one-character image: 30 bytes of JSON each.
+fn wide_containers(prefix: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| json!({ "name": format!("{prefix}{i}"), "image": "x" }))
+        .collect()
+}
+
+/// The denial of a JobSet that would change `n` containers.
+fn too_many(n: usize) -> String {
+    format!(
+        "in-place restart would change {n} containers of this JobSet, more than the \
+         {MAX_CHANGED_CONTAINERS} the webhook changes in one JobSet; select the containers that \
+         need it with restart.jobset.dev/containers (container names) or the replicated jobs \
+         with restart.jobset.dev/replicated-jobs (replicated job names)"
+    )
+}
 
 fn body_of(review: &Value) -> Vec<u8> {
     serde_json::to_vec(review).unwrap()
@@ -344,28 +362,47 @@ async fn hostile_input_catalog() {
 
         // --- Sizes ------------------------------------------------------------------------
 
-        // 20k containers: one JobSet, every container patched, the patch applies.
-        let containers: Vec<Value> = (0..20_000)
-            .map(|i| json!({ "name": format!("c{i}"), "image": "registry.invalid/x:1" }))
-            .collect();
-        let rv = jobset_with_containers("wide", containers);
+        // 20k containers: more than one review may change, refused with a short answer
+        // (it was a 10 MB patch and an 887 KiB `applied` annotation, over the API server's
+        // 256 KiB for all annotations).
+        let rv = jobset_with_containers("wide", wide_containers("c", 20_000));
         let bytes = body_of(&rv);
         let reply = send(&w, &certs, &post_bytes(&bytes)).await;
         let a = answer(&reply, "20k containers");
-        let out = apply_patch(response(&a, "wide"), &rv["request"]["object"]);
-        let ctrs = &out["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
-            ["containers"];
-        assert_eq!(ctrs.as_array().unwrap().len(), 20_000);
-        assert!(ctrs.as_array().unwrap().iter().all(|c| c["restartPolicy"] == "Never"));
-        let applied = out["metadata"]["annotations"][APPLIED].as_str().unwrap_or_default().len();
+        assert_eq!(response(&a, "wide")["status"]["code"], 422, "{a}");
+        assert_eq!(response(&a, "wide")["status"]["message"], too_many(20_000), "{a}");
         let answer_len = if let Reply::Http(_, b) = &reply { b.len() } else { 0 };
+        assert!(answer_len < 2048, "{answer_len}");
         statuses.push((
             "20k containers",
             format!(
-                "200, patched, request {} KiB, answer {} KiB, `applied` annotation {} KiB",
-                bytes.len() / 1024,
+                "200, denied 422, request {} KiB, answer {answer_len} bytes",
+                bytes.len() / 1024
+            ),
+        ));
+        // As many as one review may change, with long names: patched, and the `applied`
+        // summary is cut to its bound.
+        let long = format!("{}-", "n".repeat(56));
+        let rv = jobset_with_containers("cap", wide_containers(&long, MAX_CHANGED_CONTAINERS));
+        let reply = send(&w, &certs, &post_bytes(&body_of(&rv))).await;
+        let a = answer(&reply, "containers at the cap");
+        let out = apply_patch(response(&a, "cap"), &rv["request"]["object"]);
+        let ctrs = out["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+            ["containers"]
+            .as_array()
+            .unwrap();
+        assert_eq!(ctrs.len(), MAX_CHANGED_CONTAINERS);
+        assert!(ctrs.iter().all(|c| c["restartPolicy"] == "Never"));
+        let applied = out["metadata"]["annotations"][APPLIED].as_str().unwrap_or_default();
+        assert!(applied.len() <= MAX_APPLIED_BYTES, "{}", applied.len());
+        assert!(applied.ends_with(" more"), "{applied:.200}");
+        let answer_len = if let Reply::Http(_, b) = &reply { b.len() } else { 0 };
+        statuses.push((
+            "1024 containers with 58-character names",
+            format!(
+                "200, patched, answer {} KiB, `applied` annotation {} bytes",
                 answer_len / 1024,
-                applied / 1024
+                applied.len()
             ),
         ));
 
@@ -459,6 +496,76 @@ async fn hostile_input_catalog() {
             after.hwm_kib < MAX_HWM_MIB * 1024,
             "peak memory {after} over {MAX_HWM_MIB} MiB"
         );
+    })
+    .await;
+}
+
+/// The JobSet that made a 48 MB answer and ~100 MiB of peak memory per review: 90k
+/// containers in 2.7 MB (under the API server's 3 MiB request limit). Four at once, each on
+/// its own connection: every one is refused (422) with a short answer, and the server's peak
+/// memory stays far from the Deployment's 128 MiB limit (it was 370 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_jobsets_are_refused_with_a_bounded_answer() {
+    /// Growth of the peak over the idle server: measured 8 MiB (release and debug builds);
+    /// the four bodies alone may take 16 MiB of buffers when they arrive together.
+    const MAX_GROWTH_MIB: u64 = 48;
+    bounded(120, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let certs = Certs::new(tmp.path());
+        let w = Webhook::start(&certs.args().each_ref().map(String::as_str));
+        let idle = mem(w.pid());
+        let rv = jobset_with_containers("wide-90k", wide_containers("c", 90_000));
+        let bytes = std::sync::Arc::new(post_bytes(&body_of(&rv)));
+        assert!(
+            (2_600_000..3 << 20).contains(&bytes.len()),
+            "{}",
+            bytes.len()
+        );
+        let mut streams = Vec::new();
+        for _ in 0..4 {
+            streams.push(tls(&w, &certs).await);
+        }
+        let sends = streams.into_iter().map(|mut s| {
+            let bytes = bytes.clone();
+            tokio::spawn(async move { exchange(&mut s, &bytes).await })
+        });
+        let mut sizes = Vec::new();
+        for send in sends {
+            let reply = send.await.unwrap();
+            let a = answer(&reply, "90k containers");
+            let r = response(&a, "wide-90k");
+            assert_eq!(r["allowed"], false, "{a}");
+            assert_eq!(r["status"]["code"], 422, "{a}");
+            assert_eq!(r["status"]["message"], too_many(90_000), "{a}");
+            assert!(r.get("patch").is_none(), "{a}");
+            let Reply::Http(_, body) = &reply else {
+                unreachable!()
+            };
+            assert!(body.len() < 1024, "answer of {} bytes", body.len());
+            sizes.push(body.len());
+        }
+        let after = mem(w.pid());
+        println!(
+            "4 x 90k containers ({} KiB each): answers of {sizes:?} bytes; idle {idle}, after \
+             {after}",
+            bytes.len() / 1024
+        );
+        assert!(
+            after.hwm_kib < idle.hwm_kib + MAX_GROWTH_MIB * 1024,
+            "peak memory {after} (idle {idle})"
+        );
+        // Still serving.
+        let js = jobset(&[(IN_PLACE, "enabled")]);
+        let a = answer(
+            &send(
+                &w,
+                &certs,
+                &post_bytes(&body_of(&review("after", "CREATE", &js))),
+            )
+            .await,
+            "after",
+        );
+        apply_patch(response(&a, "after"), &js);
     })
     .await;
 }

@@ -25,6 +25,26 @@ use super::policy::{self, ClusterFacts, Decision, Inputs, Resolved};
 pub const JOBSET_NAME_LABEL: &str = "jobset.sigs.k8s.io/jobset-name";
 pub const REPLICATED_JOB_NAME_LABEL: &str = "jobset.sigs.k8s.io/replicatedjob-name";
 
+/// At most this many containers (regular and sidecar) get restart rules from one review; a
+/// JobSet that would need more is refused (422), a pod is left unchanged with a warning.
+///
+/// Every changed container costs about 300 bytes of JSON Patch (two `add` operations), a
+/// third more in base64, plus its entry in the `applied` summary. Without a bound, a 2.7 MB
+/// JobSet of 90k one-line containers (under the API server's 3 MiB request limit) made a
+/// 48 MB answer and ~100 MiB of peak memory per review, four times the Deployment's 128 MiB
+/// limit with only four such requests in flight. Real JobSets have a handful of replicated
+/// jobs of a few containers each (the fixtures and benches: at most 600); 1024 leaves room
+/// for any of them and bounds the patch to about 0.3 MB and the answer to about 0.45 MB.
+pub const MAX_CHANGED_CONTAINERS: usize = 1024;
+
+/// The `restart.jobset.dev/applied` annotation (and the audit annotation) is cut to at most
+/// this many bytes, ending with `, ... and N more` when cut. The API server refuses an
+/// object whose annotations total more than 256 KiB, and the summary shares that with the
+/// user's own (`kubectl apply` keeps a whole copy of the object in one). The cut depends
+/// only on the entries, which follow the containers' order, so reviewing the webhook's own
+/// output yields the same text and no patch.
+pub const MAX_APPLIED_BYTES: usize = 16 * 1024;
+
 /// Everything outside the object that a decision depends on.
 #[derive(Clone, Copy)]
 pub struct Context<'a> {
@@ -167,15 +187,18 @@ struct PodTemplate<'a> {
     spec: Option<PodSpec<'a>>,
 }
 
+/// The containers stay raw (16 bytes each) until [`plan_pod_spec`] reads them one at a
+/// time: a parsed view of 240k one-line containers (a 7 MiB review) took ~20 MB per review,
+/// three times the body, and four such reviews at once went past the Deployment's limit.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PodSpec<'a> {
     #[serde(borrow)]
     restart_policy: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    containers: Option<Vec<Container<'a>>>,
+    containers: Option<Vec<&'a RawValue>>,
     #[serde(borrow, default)]
-    init_containers: Option<Vec<Container<'a>>>,
+    init_containers: Option<Vec<&'a RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -186,6 +209,25 @@ struct Container<'a> {
     #[serde(borrow)]
     restart_policy: Option<Cow<'a, str>>,
     restart_policy_rules: Option<Value>,
+}
+
+impl<'a> Container<'a> {
+    /// Reads the container at `base`/`list`/`index`; a container the view cannot read is a
+    /// 400 that names it.
+    fn read(
+        raw: &'a RawValue,
+        base: &PointerBuf,
+        list: &str,
+        index: usize,
+    ) -> Result<Self, Denial> {
+        serde_json::from_str(raw.get()).map_err(|e| Denial {
+            code: 400,
+            message: format!(
+                "{}: not a container the webhook can read: {e}",
+                base.with_trailing_token(list).with_trailing_token(index)
+            ),
+        })
+    }
 }
 
 // ---- JobSets -----------------------------------------------------------------------------
@@ -227,11 +269,18 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
                 &Scope::JobSet,
                 annotations::REPLICATED_JOBS,
                 &names.join(","),
-                format!(
-                    "this JobSet has no replicated job {}; it has: {}",
-                    quote(missing),
-                    existing.join(", ")
-                ),
+                if existing.is_empty() {
+                    format!(
+                        "this JobSet has no replicated job {}; it has none",
+                        quote(missing)
+                    )
+                } else {
+                    format!(
+                        "this JobSet has no replicated job {}; it has: {}",
+                        quote(missing),
+                        existing.join(", ")
+                    )
+                },
             )
             .into());
         }
@@ -323,6 +372,20 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
             )),
         }
     }
+    if applied.changed > MAX_CHANGED_CONTAINERS {
+        return Err(Denial {
+            code: 422,
+            message: format!(
+                "in-place restart would change {} containers of this JobSet, more than the {} \
+                 the webhook changes in one JobSet; select the containers that need it with {} \
+                 (container names) or the replicated jobs with {} (replicated job names)",
+                applied.changed,
+                MAX_CHANGED_CONTAINERS,
+                annotations::CONTAINERS,
+                annotations::REPLICATED_JOBS
+            ),
+        });
+    }
     if let Some(w) = ns_warning {
         out.warnings.push(w);
     }
@@ -349,7 +412,7 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
                 .to_owned(),
         );
     }
-    let summary = applied.0;
+    let summary = applied.finish();
     let current = meta_annotations.and_then(|m| m.get(APPLIED));
     if current.map(|c| c.as_ref()) != Some(summary.as_str()) {
         let (tokens, value): (&[&str], Value) = match (&doc.metadata, meta_annotations) {
@@ -514,8 +577,15 @@ fn plan_pod(
         &mut applied,
     )
     .map_err(|d| d.message)?;
+    if applied.changed > MAX_CHANGED_CONTAINERS {
+        return Err(format!(
+            "in-place restart would change {} containers of this pod, more than the {} the \
+             webhook changes in one pod",
+            applied.changed, MAX_CHANGED_CONTAINERS
+        ));
+    }
     if !applied.is_empty() {
-        out.summary = Some(applied.0);
+        out.summary = Some(applied.finish());
     }
     Ok(())
 }
@@ -528,26 +598,62 @@ enum Target {
     Pod,
 }
 
-/// The `applied` summary, written into one buffer: `rjob/container=Action:Op(codes), ...`.
+/// The `applied` summary, written into one buffer: `rjob/container=Action:Op(codes), ...`,
+/// at most [`MAX_APPLIED_BYTES`]; and the count of containers the patch changes.
 #[derive(Default)]
-struct Applied(String);
+struct Applied {
+    text: String,
+    /// Entries, listed in `text` or cut.
+    entries: usize,
+    /// Entries left out of `text` (every one after the first that did not fit).
+    cut: usize,
+    /// Containers that get rules (the other entries already carried them).
+    changed: usize,
+}
+
+/// Room kept in [`MAX_APPLIED_BYTES`] for `, ... and N more` (35 bytes for the largest N).
+pub const APPLIED_TAIL_BYTES: usize = 40;
 
 impl Applied {
     fn add(&mut self, rjob: Option<&str>, container: &str, rule: &str) {
-        if !self.0.is_empty() {
-            self.0.push_str(", ");
+        self.entries += 1;
+        let separator = if self.text.is_empty() { 0 } else { 2 };
+        let len = rjob.map_or(0, |r| r.len() + 1) + container.len() + 1 + rule.len();
+        if self.cut > 0
+            || self.text.len() + separator + len > MAX_APPLIED_BYTES - APPLIED_TAIL_BYTES
+        {
+            self.cut += 1;
+            return;
+        }
+        if separator > 0 {
+            self.text.push_str(", ");
         }
         if let Some(r) = rjob {
-            self.0.push_str(r);
-            self.0.push('/');
+            self.text.push_str(r);
+            self.text.push('/');
         }
-        self.0.push_str(container);
-        self.0.push('=');
-        self.0.push_str(rule);
+        self.text.push_str(container);
+        self.text.push('=');
+        self.text.push_str(rule);
+    }
+
+    /// Counts one more container to change; `false` once past [`MAX_CHANGED_CONTAINERS`]:
+    /// then nothing more is planned (the review is refused), only counted for the message.
+    fn change(&mut self) -> bool {
+        self.changed += 1;
+        self.changed <= MAX_CHANGED_CONTAINERS
     }
 
     fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.entries == 0
+    }
+
+    fn finish(self) -> String {
+        match (self.cut, self.text.is_empty()) {
+            (0, _) => self.text,
+            (n, true) => format!("... and {n} more"),
+            (n, false) => format!("{}, ... and {n} more", self.text),
+        }
     }
 }
 
@@ -596,23 +702,26 @@ fn plan_pod_spec(
         .map(|v| v.iter().map(String::as_str).collect());
     let mut found: BTreeSet<&str> = BTreeSet::new();
 
-    for (j, c) in spec.containers.iter().flatten().enumerate() {
+    for (j, raw) in spec.containers.iter().flatten().enumerate() {
+        let c = Container::read(raw, base, "containers", j)?;
         let name = c.name.as_deref().unwrap_or_default();
         if let Some(named) = &named {
-            if !named.contains(name) {
+            let Some(n) = named.get(name) else {
                 continue;
-            }
-            found.insert(name);
+            };
+            found.insert(n);
         }
         let path = base
             .with_trailing_token("containers")
             .with_trailing_token(j);
         match (&c.restart_policy, &c.restart_policy_rules) {
             (None, None) => {
-                out.patch.add_under(&path, "restartPolicy", never());
-                out.patch
-                    .add_under(&path, "restartPolicyRules", rules.clone());
-                applied.add(prefix, name, &rule_text);
+                if applied.change() {
+                    out.patch.add_under(&path, "restartPolicy", never());
+                    out.patch
+                        .add_under(&path, "restartPolicyRules", rules.clone());
+                    applied.add(prefix, name, &rule_text);
+                }
             }
             (Some(p), Some(r)) if p == "Never" && *r == *rules => {
                 applied.add(prefix, name, &rule_text);
@@ -626,12 +735,13 @@ fn plan_pod_spec(
     }
 
     if let Some(named) = &named {
-        for (j, c) in spec.init_containers.iter().flatten().enumerate() {
+        for (j, raw) in spec.init_containers.iter().flatten().enumerate() {
+            let c = Container::read(raw, base, "initContainers", j)?;
             let name = c.name.as_deref().unwrap_or_default();
-            if !named.contains(name) {
+            let Some(n) = named.get(name) else {
                 continue;
-            }
-            found.insert(name);
+            };
+            found.insert(n);
             if c.restart_policy.as_deref() != Some("Always") {
                 out.warnings.push(format!(
                     "{} is not a sidecar (restartPolicy: Always); only regular containers and \
@@ -658,9 +768,11 @@ fn plan_pod_spec(
                 .with_trailing_token(j);
             match &c.restart_policy_rules {
                 None => {
-                    out.patch
-                        .add_under(&path, "restartPolicyRules", rules.clone());
-                    applied.add(prefix, name, &rule_text);
+                    if applied.change() {
+                        out.patch
+                            .add_under(&path, "restartPolicyRules", rules.clone());
+                        applied.add(prefix, name, &rule_text);
+                    }
                 }
                 Some(r) if *r == *rules => applied.add(prefix, name, &rule_text),
                 Some(_) if target == Target::Pod => {}
@@ -688,4 +800,251 @@ fn plan_pod_spec(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(config: &Config) -> Context<'_> {
+        Context {
+            config,
+            namespace_labels: None,
+            facts: ClusterFacts::default(),
+        }
+    }
+
+    fn containers(prefix: &str, n: usize) -> Vec<Value> {
+        (0..n)
+            .map(|i| json!({ "name": format!("{prefix}{i}"), "image": "x:1" }))
+            .collect()
+    }
+
+    /// An opted-in JobSet with one replicated job per entry of `rjobs` (name, containers).
+    fn jobset(annotations: Value, rjobs: Vec<(&str, Vec<Value>)>) -> Value {
+        json!({
+            "apiVersion": "jobset.x-k8s.io/v1alpha2",
+            "kind": "JobSet",
+            "metadata": { "name": "wide", "annotations": annotations },
+            "spec": { "replicatedJobs": rjobs.into_iter().map(|(name, cs)| json!({
+                "name": name,
+                "template": { "spec": { "template": { "spec": { "containers": cs } } } },
+            })).collect::<Vec<_>>() },
+        })
+    }
+
+    fn enabled() -> Value {
+        json!({ annotations::IN_PLACE: "enabled" })
+    }
+
+    fn mutate(js: &Value) -> Result<Mutation, Denial> {
+        let config = Config::default();
+        mutate_jobset(&js.to_string(), &ctx(&config))
+    }
+
+    /// Applies the mutation and reviews the result again: nothing more may change.
+    fn assert_idempotent(js: &Value, m: &Mutation) -> Value {
+        let mut out = js.clone();
+        m.patch.apply(&mut out).unwrap_or_else(|e| panic!("{e}"));
+        let again = mutate(&out).unwrap_or_else(|d| panic!("{d}"));
+        assert!(again.patch.is_empty(), "{:?}", again.patch);
+        assert_eq!(again.summary, m.summary);
+        out
+    }
+
+    #[test]
+    fn containers_up_to_the_cap_are_changed() {
+        let js = jobset(
+            enabled(),
+            vec![
+                ("a", containers("c", MAX_CHANGED_CONTAINERS - 1)),
+                ("b", containers("d", 1)),
+            ],
+        );
+        let m = mutate(&js).unwrap_or_else(|d| panic!("{d}"));
+        // Two per container, the pod templates' restartPolicy, the annotation.
+        assert_eq!(m.patch.len(), 2 * MAX_CHANGED_CONTAINERS + 2 + 1);
+        assert_idempotent(&js, &m);
+    }
+
+    #[test]
+    fn a_jobset_over_the_cap_is_refused_with_the_count() {
+        let js = jobset(
+            enabled(),
+            vec![("a", containers("c", 2000)), ("b", containers("d", 1000))],
+        );
+        let d = mutate(&js).err();
+        assert_eq!(
+            d,
+            Some(Denial {
+                code: 422,
+                message: "in-place restart would change 3000 containers of this JobSet, more \
+                          than the 1024 the webhook changes in one JobSet; select the \
+                          containers that need it with restart.jobset.dev/containers \
+                          (container names) or the replicated jobs with \
+                          restart.jobset.dev/replicated-jobs (replicated job names)"
+                    .to_owned(),
+            })
+        );
+        // What the message suggests: only one replicated job, or named containers.
+        let mut ann = enabled();
+        ann[annotations::REPLICATED_JOBS] = json!("b");
+        let m = mutate(&jobset(
+            ann,
+            vec![("a", containers("c", 2000)), ("b", containers("d", 1000))],
+        ));
+        assert!(m.is_ok_and(|m| m.patch.len() == 2 * 1000 + 2));
+        let mut ann = enabled();
+        ann[annotations::CONTAINERS] = json!("c0,d0");
+        let m = mutate(&jobset(
+            ann,
+            vec![("a", containers("c", 2000)), ("b", containers("d", 1000))],
+        ));
+        assert!(m.is_ok_and(|m| m.patch.len() == 2 * 2 + 2 + 1));
+    }
+
+    #[test]
+    fn sidecars_count_towards_the_cap() {
+        let mut js = jobset(
+            json!({ annotations::IN_PLACE: "enabled", annotations::CONTAINERS: "c0,s0,s1" }),
+            vec![("a", containers("c", MAX_CHANGED_CONTAINERS))],
+        );
+        let sidecars: Vec<Value> = (0..2)
+            .map(|i| json!({ "name": format!("s{i}"), "restartPolicy": "Always" }))
+            .collect();
+        js["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["initContainers"] =
+            json!(sidecars);
+        assert!(mutate(&js).is_ok_and(|m| m.patch.len() == 2 + 2 + 2));
+        // Every regular container and both sidecars: 1026.
+        let names: Vec<String> = (0..MAX_CHANGED_CONTAINERS)
+            .map(|i| format!("c{i}"))
+            .chain(["s0".to_owned(), "s1".to_owned()])
+            .collect();
+        js["metadata"]["annotations"][annotations::CONTAINERS] = json!(names.join(","));
+        let d = mutate(&js).err();
+        assert!(
+            d.as_ref().is_some_and(|d| d.code == 422
+                && d.message.starts_with(
+                    "in-place restart would change 1026 containers of this JobSet, more than \
+                     the 1024 "
+                )),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn containers_that_already_carry_the_rule_do_not_count() {
+        let js = jobset(
+            enabled(),
+            vec![("a", containers("c", MAX_CHANGED_CONTAINERS))],
+        );
+        let m = mutate(&js).unwrap_or_else(|d| panic!("{d}"));
+        let mut out = assert_idempotent(&js, &m);
+        // One more plain container beside 1024 that already carry the rule: one change.
+        let ctrs = &mut out["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"];
+        if let Some(list) = ctrs.as_array_mut() {
+            list.push(json!({ "name": "late", "image": "x:1" }));
+        }
+        let m = mutate(&out).unwrap_or_else(|d| panic!("{d}"));
+        // The container's two fields and the annotation, whose summary changed.
+        assert_eq!(m.patch.len(), 3);
+    }
+
+    #[test]
+    fn a_pod_over_the_cap_is_left_unchanged_with_a_warning() {
+        let config = Config::default();
+        let parent = ParentJobSet {
+            annotations: [(annotations::IN_PLACE.to_owned(), "enabled".to_owned())].into(),
+            replicated_jobs: BTreeMap::new(),
+        };
+        let pod = |n: usize| {
+            json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": { "name": "p", "labels": {
+                    JOBSET_NAME_LABEL: "wide", REPLICATED_JOB_NAME_LABEL: "a" } },
+                "spec": { "containers": containers("c", n) },
+            })
+            .to_string()
+        };
+        let m = mutate_pod(&pod(MAX_CHANGED_CONTAINERS), &ctx(&config), &|_| {
+            Some(parent.clone())
+        });
+        assert_eq!(m.patch.len(), 2 * MAX_CHANGED_CONTAINERS);
+        let m = mutate_pod(&pod(5000), &ctx(&config), &|_| Some(parent.clone()));
+        assert!(m.patch.is_empty());
+        assert_eq!(m.summary, None);
+        assert_eq!(
+            m.warnings,
+            [
+                "pod left unchanged: in-place restart would change 5000 containers of this pod, \
+                 more than the 1024 the webhook changes in one pod"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_applied_summary_is_bounded_and_stable() {
+        // 1000 containers with 60-character names: about 95 KB of summary unbounded.
+        let long = "x".repeat(56);
+        let js = jobset(enabled(), vec![("workers", containers(&long, 1000))]);
+        let m = mutate(&js).unwrap_or_else(|d| panic!("{d}"));
+        let summary = m.summary.clone().unwrap_or_default();
+        assert!(summary.len() <= MAX_APPLIED_BYTES, "{}", summary.len());
+        assert!(summary.len() > MAX_APPLIED_BYTES - 200, "{}", summary.len());
+        let entry = |i: usize| format!("workers/{long}{i}=RestartAllContainers:NotIn(0)");
+        let listed = summary
+            .split(", ")
+            .filter(|e| !e.starts_with("..."))
+            .count();
+        assert!(summary.starts_with(&format!("{}, {}, ", entry(0), entry(1))));
+        assert!(
+            summary.ends_with(&format!(
+                "{}, ... and {} more",
+                entry(listed - 1),
+                1000 - listed
+            )),
+            "{summary}"
+        );
+        // The annotation carries the same text, and a second review changes nothing.
+        let out = assert_idempotent(&js, &m);
+        assert_eq!(out["metadata"]["annotations"][APPLIED], json!(summary));
+    }
+
+    #[test]
+    fn an_unreadable_container_is_named() {
+        let mut cs = containers("c", 2);
+        cs.push(json!({ "name": 5 }));
+        let d = mutate(&jobset(
+            enabled(),
+            vec![("a", containers("d", 1)), ("b", cs)],
+        ))
+        .err();
+        assert_eq!(
+            d,
+            Some(Denial {
+                code: 400,
+                message: "/spec/replicatedJobs/1/template/spec/template/spec/containers/2: not a \
+                          container the webhook can read: invalid type: integer `5`, expected a \
+                          string at line 1 column 9"
+                    .to_owned(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_summary_entry_too_long_for_the_bound_is_counted() {
+        let mut a = Applied::default();
+        a.add(
+            Some("r"),
+            &"n".repeat(MAX_APPLIED_BYTES),
+            "Restart:NotIn(0)",
+        );
+        a.add(Some("r"), "short", "Restart:NotIn(0)");
+        assert!(!a.is_empty());
+        assert_eq!(a.finish(), "... and 2 more");
+        let mut a = Applied::default();
+        a.add(None, "c", "Restart:In(1)");
+        assert_eq!(a.finish(), "c=Restart:In(1)");
+    }
 }

@@ -149,6 +149,13 @@ fn deployment_is_locked_down_and_highly_available() {
             args.iter().any(|a| a.starts_with("--drain-delay=")),
             "drain before the listener closes"
         );
+        // The default of 1024 connections can hold more than the 128Mi limit (see the
+        // comment in deployment.yaml).
+        assert!(
+            args.contains(&"--max-connections=256"),
+            "connections capped for the memory limit: {args:?}"
+        );
+        assert_eq!(c["resources"]["limits"]["memory"], json!("128Mi"));
     }
     let grace = spec["terminationGracePeriodSeconds"]
         .as_u64()

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use super::files::{FileWatch, Snapshot};
+use super::files::{Snapshot, only_file, poll_loop};
 use crate::engine::{Config, Targets};
 use crate::telemetry::{Metrics, ResultLabels};
 
@@ -95,28 +95,13 @@ pub(crate) async fn reload_loop(
     initial: Snapshot,
     metrics: Arc<Metrics>,
     interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let Some(path) = store.path().map(Path::to_path_buf) else {
         return;
     };
-    let mut watch = FileWatch::new(vec![path.clone()], Some(initial));
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-        let Some(snapshot) = watch.poll().await else {
-            continue;
-        };
-        let result = match snapshot.into_iter().next() {
-            Some(Ok(bytes)) => store.apply(&bytes, &path),
-            Some(Err(e)) => Err(e),
-            None => Err("internal: empty snapshot".to_owned()),
-        };
-        match result {
+    poll_loop(vec![path.clone()], initial, interval, shutdown, |snapshot| {
+        match only_file(snapshot).and_then(|bytes| store.apply(&bytes, &path)) {
             Ok(()) => {
                 metrics
                     .config_reloads
@@ -136,5 +121,6 @@ pub(crate) async fn reload_loop(
                 error!(error = %e, "cluster config changed but is not valid; keeping the last good config");
             }
         }
-    }
+    })
+    .await;
 }

@@ -4,6 +4,9 @@
 //! cannot miss an update, and costs a few small reads.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 /// What one poll read: each file's bytes, or the read error's text.
 pub(crate) type Snapshot = Vec<Result<Vec<u8>, String>>;
@@ -39,4 +42,37 @@ impl FileWatch {
         self.last = Some(now.clone());
         Some(now)
     }
+}
+
+/// The reload loop of `--tls-cert`/`--tls-key`, `--config` and `--client-ca`: every
+/// `interval` (a late tick is delayed, not bunched), reads `paths` and hands `on_change` each
+/// snapshot that differs from the previous one (the first from `initial`, what was loaded at
+/// start); returns when `shutdown` turns true.
+pub(crate) async fn poll_loop(
+    paths: Vec<PathBuf>,
+    initial: Snapshot,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    mut on_change: impl FnMut(Snapshot),
+) {
+    let mut watch = FileWatch::new(paths, Some(initial));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if let Some(snapshot) = watch.poll().await {
+            on_change(snapshot);
+        }
+    }
+}
+
+/// The bytes of a one-file snapshot, or the read error.
+pub(crate) fn only_file(snapshot: Snapshot) -> Result<Vec<u8>, String> {
+    snapshot
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Err("internal: empty snapshot".to_owned()))
 }

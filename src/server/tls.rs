@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::files::{FileWatch, Snapshot};
+use super::files::{Snapshot, only_file, poll_loop};
 use crate::telemetry::{Metrics, ResultLabels};
 
 /// The crypto provider: aws-lc-rs, whatever the process default is.
@@ -175,20 +175,10 @@ pub(crate) async fn reload_loop(
     resolver: Arc<CertResolver>,
     metrics: Arc<Metrics>,
     interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut watch = FileWatch::new(vec![cert.clone(), key.clone()], Some(initial));
     let (cert_name, key_name) = (cert.display().to_string(), key.display().to_string());
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-        let Some(snapshot) = watch.poll().await else {
-            continue;
-        };
+    poll_loop(vec![cert, key], initial, interval, shutdown, |snapshot| {
         let result = match (snapshot.first(), snapshot.get(1)) {
             (Some(Ok(c)), Some(Ok(k))) => load_pem(c, k, &cert_name, &key_name),
             (Some(Err(e)), _) | (_, Some(Err(e))) => Err(e.clone()),
@@ -219,7 +209,8 @@ pub(crate) async fn reload_loop(
                 error!(error = %e, "serving certificate files changed but cannot be used; keeping the last good certificate");
             }
         }
-    }
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -293,26 +284,12 @@ impl ClientAuth {
     pub(crate) async fn reload_loop(
         self: Arc<Self>,
         interval: Duration,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) {
-        let mut watch = FileWatch::new(vec![self.path.clone()], Some(self.initial.clone()));
         let name = self.path.display().to_string();
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
-            let Some(snapshot) = watch.poll().await else {
-                continue;
-            };
-            let result = match snapshot.into_iter().next() {
-                Some(Ok(pem)) => client_verifier(&pem, &name),
-                Some(Err(e)) => Err(e),
-                None => Err("internal: empty snapshot".to_owned()),
-            };
-            match result {
+        let (path, initial) = (self.path.clone(), self.initial.clone());
+        poll_loop(vec![path], initial, interval, shutdown, |snapshot| {
+            match only_file(snapshot).and_then(|pem| client_verifier(&pem, &name)) {
                 Ok((verifier, cas)) => {
                     self.current.store(Arc::new(DynVerifier(verifier)));
                     info!(client_ca = %name, cas, "client CA reloaded; new handshakes verify against it");
@@ -321,7 +298,8 @@ impl ClientAuth {
                     error!(error = %e, "client CA file changed but cannot be used; keeping the last good client CA");
                 }
             }
-        }
+        })
+        .await;
     }
 }
 

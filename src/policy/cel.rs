@@ -13,6 +13,7 @@ use crate::engine::annotations::{
     ACTION, APPLIED, CONTAINERS, EXCEPT_EXIT_CODES, IN_PLACE, MAX_EXIT_CODE_VALUES, ON_EXIT_CODES,
     PREFIX, PRESET, REPLICATED_JOBS,
 };
+use crate::engine::mutate::{APPLIED_TAIL_BYTES, MAX_APPLIED_BYTES, MAX_CHANGED_CONTAINERS};
 
 /// A CEL string literal (single-quoted, escaped).
 pub fn lit(s: &str) -> String {
@@ -247,6 +248,36 @@ fn map_problems(m: &str, scope: &str, replicated_job: bool) -> String {
         ),
     );
     format!("({per_key}) + ({conflict})")
+}
+
+/// The webhook's bound on the `applied` summary, without the room it keeps for the tail.
+const SUMMARY_BYTES: usize = MAX_APPLIED_BYTES - APPLIED_TAIL_BYTES;
+/// Enough halvings for 4095 entries, past the CEL cost limit's reach (about 2,000).
+const SEARCH_STEPS: usize = 12;
+
+/// The webhook's denial of a JobSet that would change more than [`MAX_CHANGED_CONTAINERS`].
+pub fn too_many_containers_message() -> String {
+    format!(
+        "'in-place restart would change ' + string(variables.changed) + {}",
+        lit(&format!(
+            " containers of this JobSet, more than the {MAX_CHANGED_CONTAINERS} the webhook \
+             changes in one JobSet; select the containers that need it with {CONTAINERS} \
+             (container names) or the replicated jobs with {REPLICATED_JOBS} (replicated job \
+             names)"
+        ))
+    )
+}
+
+/// Whether the JobSet stays within [`MAX_CHANGED_CONTAINERS`]; the entries are only worked
+/// out when its templates have more containers than that at all.
+pub fn within_container_limit() -> String {
+    format!(
+        "variables.rjobs.map(rj, has(rj.template) && has(rj.template.spec) && \
+         has(rj.template.spec.template) && has(rj.template.spec.template.spec) ? \
+         (has(rj.template.spec.template.spec.containers) ? size(rj.template.spec.template.spec.containers) : 0) + \
+         (has(rj.template.spec.template.spec.initContainers) ? size(rj.template.spec.template.spec.initContainers) : 0) \
+         : 0).sum() <= {MAX_CHANGED_CONTAINERS} || variables.changed <= {MAX_CHANGED_CONTAINERS}"
+    )
 }
 
 /// A named CEL variable of a policy.
@@ -501,11 +532,47 @@ pub fn mutation_variables(c: &Constants) -> Vec<Variable> {
                  ({containers}) + ({sidecars}))[0]).flatten()"
             ),
         ),
+        // Containers this review gives the rule to (the others already carry it).
         var(
-            "summary",
-            "variables.entries.map(e, e.text).join(', ')".to_owned(),
+            "changed",
+            "size(variables.entries.filter(e, e.set != 'none'))".to_owned(),
         ),
+        var("summary", summary()),
     ]
+}
+
+/// The webhook's `Applied::finish`: the entries joined with `, ` as long as they fit in
+/// [`SUMMARY_BYTES`], then `, ... and N more`. The longest prefix that fits is found by a
+/// binary search unrolled [`SEARCH_STEPS`] times over the entries' byte lengths (a prefix
+/// sum per entry would cost n² steps of CEL).
+fn summary() -> String {
+    let fits = format!("lens.slice(0, m).sum() - 2 <= {SUMMARY_BYTES}");
+    let mut search = "[0, size(t)]".to_owned();
+    for _ in 0..SEARCH_STEPS {
+        search = bind(
+            &search,
+            "b",
+            &format!(
+                "[(b[0] + b[1] + 1) / 2].map(m, b[0] == b[1] ? b : {fits} ? [m, b[1]] : [b[0], m - 1])[0]"
+            ),
+        );
+    }
+    bind(
+        "variables.entries.map(e, e.text)",
+        "t",
+        &bind(
+            "t.map(x, size(bytes(x)) + 2)",
+            "lens",
+            &format!(
+                "lens.sum() - 2 <= {SUMMARY_BYTES} ? t.join(', ') : {}",
+                bind(
+                    &format!("{search}[0]"),
+                    "k",
+                    "(k == 0 ? '' : t.slice(0, k).join(', ') + ', ') + '... and ' + string(size(t) - k) + ' more'"
+                )
+            ),
+        ),
+    )
 }
 
 /// The JSON Patch of the mutating policy: `[]` when the annotations are invalid (the
@@ -517,7 +584,7 @@ pub fn mutation_patch() -> String {
         lit(APPLIED)
     );
     format!(
-        "size(variables.problems) > 0 ? [] : \
+        "size(variables.problems) > 0 || variables.changed > {MAX_CHANGED_CONTAINERS} ? [] : \
          variables.entries.filter(e, e.set != 'none').map(e, e.set == 'both' \
            ? [JSONPatch{{op: 'add', path: e.path + '/restartPolicy', value: 'Never'}}, \
               JSONPatch{{op: 'add', path: e.path + '/restartPolicyRules', value: variables.rules[int(e.i)]}}] \

@@ -81,9 +81,11 @@ pub fn generate(config: &Config) -> Vec<Document> {
         }]},
     });
     let labels = json!({"app.kubernetes.io/name": "jobset-restart-webhook"});
-    let validation = cel::validation_variables(&constants);
-    let mut mutation_vars = cel::validation_variables(&constants);
-    mutation_vars.extend(cel::mutation_variables(&constants));
+    // Both policies need every variable: the validating one works out the containers the
+    // mutating one would change, to refuse a JobSet over the webhook's limit (the mutating
+    // policy leaves those unchanged, and cannot deny).
+    let mut vars = cel::validation_variables(&constants);
+    vars.extend(cel::mutation_variables(&constants));
 
     let mut docs = vec![
         Document {
@@ -97,7 +99,7 @@ pub fn generate(config: &Config) -> Vec<Document> {
                     "matchConstraints": match_constraints,
                     "failurePolicy": "Fail",
                     "reinvocationPolicy": "IfNeeded",
-                    "variables": variables_json(&mutation_vars),
+                    "variables": variables_json(&vars),
                     "mutations": [{
                         "patchType": "JSONPatch",
                         "jsonPatch": {"expression": cel::mutation_patch()},
@@ -115,8 +117,9 @@ pub fn generate(config: &Config) -> Vec<Document> {
             }),
         },
         Document {
-            comment: "Denies invalid restart.jobset.dev/* annotations with the webhook's texts \
-                      (422 Invalid); a mutating policy cannot deny."
+            comment: "Denies invalid restart.jobset.dev/* annotations, and JobSets that would \
+                      change more containers than the webhook changes in one, with the \
+                      webhook's texts (422 Invalid); a mutating policy cannot deny."
                 .to_owned(),
             object: json!({
                 "apiVersion": "admissionregistration.k8s.io/v1",
@@ -125,12 +128,22 @@ pub fn generate(config: &Config) -> Vec<Document> {
                 "spec": {
                     "matchConstraints": match_constraints,
                     "failurePolicy": "Fail",
-                    "variables": variables_json(&validation),
-                    "validations": [{
-                        "expression": "size(variables.problems) == 0",
-                        "messageExpression": "variables.problems[0]",
-                        "reason": "Invalid",
-                    }],
+                    "variables": variables_json(&vars),
+                    "validations": [
+                        {
+                            "expression": "size(variables.problems) == 0",
+                            "messageExpression": "variables.problems[0]",
+                            "reason": "Invalid",
+                        },
+                        {
+                            "expression": format!(
+                                "size(variables.problems) > 0 || {}",
+                                cel::within_container_limit()
+                            ),
+                            "messageExpression": cel::too_many_containers_message(),
+                            "reason": "Invalid",
+                        },
+                    ],
                 },
             }),
         },

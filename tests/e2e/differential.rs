@@ -173,7 +173,8 @@ fn first_containers(doc: &Value) -> String {
     names.join(",")
 }
 
-/// The combinations the large JobSet is created with (each stored one makes 32 child Jobs).
+/// The combinations the synthetic large JobSets are created with (each stored one makes a
+/// child Job per replicated job).
 const LARGE_COMBINATIONS: &[&str] = &["as-is", "enabled", "containers", "overrides", "bad-code"];
 
 /// `rjobs` replicated jobs of `containers` containers each (one of them a named sidecar init
@@ -527,6 +528,8 @@ fn policy_and_webhook_store_the_same_jobsets() {
 
     let mut problems: Vec<String> = Vec::new();
     let (mut same_stored, mut same_refused, mut with_applied, mut jobsets) = (0, 0, 0, 0);
+    // The bounds, seen in action: summaries cut, JobSets refused for their size.
+    let (mut cut, mut over_limit) = (0, 0);
     let mut documents: Vec<(String, usize, Value)> = Vec::new();
     for file in &files {
         let file_name = file
@@ -540,13 +543,18 @@ fn policy_and_webhook_store_the_same_jobsets() {
         }
     }
     // A large JobSet, so that the policy's CEL runs near a realistic worst case of its cost.
+    // Synthetic JobSets: a large one (the CEL's cost near a realistic worst case), a wider one
+    // whose `applied` summary is cut at the webhook's bound, and one that would change more
+    // containers than the webhook changes in one JobSet.
     documents.push(("large.yaml".to_owned(), 0, large_jobset(32, 8)));
+    documents.push(("large-cut.yaml".to_owned(), 0, large_jobset(64, 8)));
+    documents.push(("large-over.yaml".to_owned(), 0, large_jobset(136, 8)));
     for (file_name, d, original) in &documents {
         {
             jobsets += 1;
             for engines in &all {
                 for (combo, edit) in COMBINATIONS {
-                    if file_name == "large.yaml" && !LARGE_COMBINATIONS.contains(combo) {
+                    if file_name.starts_with("large") && !LARGE_COMBINATIONS.contains(combo) {
                         continue;
                     }
                     let mut pairs = vec![&engines.plain];
@@ -581,6 +589,9 @@ fn policy_and_webhook_store_the_same_jobsets() {
                                     if x.is_string() {
                                         with_applied += 1;
                                     }
+                                    if x.as_str().is_some_and(|t| t.contains(", ... and ")) {
+                                        cut += 1;
+                                    }
                                 } else {
                                     problems.push(format!("{what}: {}", diffs.join("; ")));
                                 }
@@ -588,6 +599,9 @@ fn policy_and_webhook_store_the_same_jobsets() {
                             (Outcome::Refused(x, m), Outcome::Refused(y, n)) => {
                                 if x == y && m == n {
                                     same_refused += 1;
+                                    if m.contains("containers of this JobSet, more than the") {
+                                        over_limit += 1;
+                                    }
                                 } else {
                                     problems.push(format!(
                                         "{what}: both refused, webhook {x} {m:?}, policy {y} {n:?}"
@@ -608,8 +622,8 @@ fn policy_and_webhook_store_the_same_jobsets() {
     }
     eprintln!(
         "[e2e] differential: {jobsets} JobSets x {} combinations x {} configs: {same_stored} \
-         stored identically ({with_applied} with an applied annotation), {same_refused} \
-         refused identically, {} differences",
+         stored identically ({with_applied} with an applied annotation, {cut} of them cut), \
+         {same_refused} refused identically ({over_limit} for their size), {} differences",
         COMBINATIONS.len(),
         CONFIGS.len(),
         problems.len()
@@ -621,7 +635,12 @@ fn policy_and_webhook_store_the_same_jobsets() {
         problems.join("\n")
     );
     assert!(
-        jobsets >= 10,
+        cut > 0 && over_limit > 0,
+        "the synthetic JobSets did not reach the summary bound ({cut}) or the container limit \
+         ({over_limit})"
+    );
+    assert!(
+        jobsets >= 13,
         "expected the samples and fixtures; found {jobsets} JobSets"
     );
     assert!(

@@ -40,8 +40,8 @@ Same as the webhook (checked by tests/e2e/differential.rs on a real API server):
 opt-out annotations, action, on-/except-exit-codes with lists and ranges, containers (and
 named sidecars), replicated-jobs, replicated-job overrides, presets, the namespace label
 default (read from namespaceObject at admission time), the cluster defaults, user-set
-fields never overridden, the pod template's restartPolicy, the applied annotation, and the
-denial texts for invalid annotations.
+fields never overridden, the pod template's restartPolicy, the applied annotation (cut at
+16 KiB), the limit of 1,024 changed containers per JobSet, and the denial texts.
 
 Where it differs from the webhook:
 - Denials come from the ValidatingAdmissionPolicy, in the validating phase (after every
@@ -56,9 +56,10 @@ Where it differs from the webhook:
 - A JobSet CRD older than v0.10 prunes restartPolicyRules and nothing here detects it (the
   webhook's `check` and its pod target do); the pod target has no policy equivalent (it
   needs the parent JobSet, which CEL cannot look up).
-- No metrics, logs or audit annotations; a JobSet so large that the expressions exceed the
-  API server's CEL cost budget is rejected with the API server's cost error
-  (failurePolicy: Fail), where the webhook answers with its own limit.
+- No metrics, logs or audit annotations. A JobSet so large that the expressions exceed the
+  API server's CEL cost limit (measured: 512 replicated jobs with their own exit codes) is
+  rejected with the API server's cost error (failurePolicy: Fail) instead of the
+  container-limit text; the expressions' cost is API-server CPU.
 ";
 
 /// Builds the four objects for `config`.

@@ -853,6 +853,32 @@ mod tests {
     }
 
     #[test]
+    fn replicated_jobs_naming_a_missing_one_lists_the_existing_or_says_none() {
+        let mut ann = enabled();
+        ann[annotations::REPLICATED_JOBS] = json!("nope");
+        let with = jobset(
+            ann.clone(),
+            vec![("a", containers("c", 1)), ("b", containers("d", 1))],
+        );
+        assert_eq!(
+            mutate(&with).err().map(|d| (d.code, d.message)),
+            Some((
+                422,
+                r#"restart.jobset.dev/replicated-jobs: "nope": this JobSet has no replicated job "nope"; it has: a, b"#
+                    .to_owned()
+            ))
+        );
+        let without = jobset(ann, vec![]);
+        assert_eq!(
+            mutate(&without).err().map(|d| d.message),
+            Some(
+                r#"restart.jobset.dev/replicated-jobs: "nope": this JobSet has no replicated job "nope"; it has none"#
+                    .to_owned()
+            )
+        );
+    }
+
+    #[test]
     fn containers_up_to_the_cap_are_changed() {
         let js = jobset(
             enabled(),

@@ -651,3 +651,85 @@ mod tests {
         }
     }
 }
+
+/// Lays a generated expression out on lines of about [`LINE_WIDTH`] characters, breaking
+/// before `?`, `:`, `&&`, `||`, `+` and after `,` once a line is long, and indenting by
+/// bracket depth, so that the printed YAML (a block scalar per expression) can be read.
+/// Only whitespace outside string literals changes, which CEL ignores.
+pub fn layout(expr: &str) -> String {
+    const LINE_WIDTH: usize = 96;
+    let mut out = String::with_capacity(expr.len() + expr.len() / 8);
+    let mut line = 0usize;
+    let mut depth = 0usize;
+    let (mut in_str, mut escaped) = (false, false);
+    let chars: Vec<char> = expr.chars().collect();
+    let mut i = 0;
+    while let Some(&c) = chars.get(i) {
+        i += 1;
+        if in_str {
+            out.push(c);
+            line += 1;
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '\'') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        let rest = chars.get(i..).unwrap_or_default();
+        let breaks_before = |ops: &[&str]| {
+            ops.iter().any(|op| {
+                let op: Vec<char> = op.chars().collect();
+                rest.starts_with(&op)
+            })
+        };
+        match c {
+            '\'' => in_str = true,
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        let newline = |out: &mut String, line: &mut usize, depth: usize| {
+            out.push('\n');
+            for _ in 0..depth {
+                out.push_str("  ");
+            }
+            *line = depth * 2;
+        };
+        if c == ' ' && line > LINE_WIDTH && breaks_before(&["? ", ": ", "&& ", "|| ", "+ "]) {
+            newline(&mut out, &mut line, depth);
+            continue;
+        }
+        out.push(c);
+        line += 1;
+        if c == ',' && rest.first() == Some(&' ') && line > LINE_WIDTH {
+            i += 1;
+            newline(&mut out, &mut line, depth);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::layout;
+
+    #[test]
+    fn only_whitespace_outside_strings_changes() {
+        let long = format!(
+            "a ? '{}, x ? y : z' : [{}]",
+            "s".repeat(120),
+            (0..60)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let laid = layout(&long);
+        assert!(laid.lines().count() > 1, "{laid}");
+        let squash = |s: &str| s.split_whitespace().collect::<String>();
+        assert_eq!(squash(&laid), squash(&long));
+        assert!(laid.contains(&format!("'{}, x ? y : z'", "s".repeat(120))));
+        assert_eq!(layout("a ? b : c"), "a ? b : c");
+    }
+}

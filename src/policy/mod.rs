@@ -103,7 +103,7 @@ pub fn generate(config: &Config) -> Vec<Document> {
                     "variables": variables_json(&vars),
                     "mutations": [{
                         "patchType": "JSONPatch",
-                        "jsonPatch": {"expression": cel::mutation_patch()},
+                        "jsonPatch": {"expression": cel::layout(&cel::mutation_patch())},
                     }],
                 },
             }),
@@ -137,11 +137,11 @@ pub fn generate(config: &Config) -> Vec<Document> {
                             "reason": "Invalid",
                         },
                         {
-                            "expression": format!(
+                            "expression": cel::layout(&format!(
                                 "size(variables.problems) > 0 || {}",
                                 cel::within_container_limit()
-                            ),
-                            "messageExpression": cel::too_many_containers_message(),
+                            )),
+                            "messageExpression": cel::layout(&cel::too_many_containers_message()),
                             "reason": "Invalid",
                         },
                     ],
@@ -174,7 +174,7 @@ pub fn generate(config: &Config) -> Vec<Document> {
 fn variables_json(vars: &[Variable]) -> Value {
     Value::Array(
         vars.iter()
-            .map(|v| json!({"name": v.name, "expression": v.expression}))
+            .map(|v| json!({"name": v.name, "expression": cel::layout(&v.expression)}))
             .collect(),
     )
 }

@@ -123,6 +123,27 @@ pub fn jobset_module_dir(version: &str) -> PathBuf {
     dir
 }
 
+/// Every JobSet manifest file we test with: the `sigs.k8s.io/jobset` module's
+/// `config/samples/` (at the installed CRD's version) and our `tests/fixtures/jobsets/`,
+/// each folder sorted.
+#[allow(dead_code)] // the benches share this module and list no manifests
+pub fn example_manifests() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for dir in [
+        jobset_module_dir(JOBSET_V0_12_0).join("config/samples"),
+        repo_root().join("tests/fixtures/jobsets"),
+    ] {
+        let mut found: Vec<PathBuf> = fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+            .map(|e| e.expect("a directory entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect();
+        found.sort();
+        files.extend(found);
+    }
+    files
+}
+
 fn build_sh(args: &[&str]) -> String {
     let script = repo_root().join("tests/cluster/build.sh");
     let out = Command::new(&script)

@@ -7,12 +7,11 @@
 //! it with the same HTTP code and the same text after the API server's wrapper. Every
 //! difference is listed by file, combination and JSON path.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::cluster::{Cluster, ClusterOptions, JOBSET_V0_12_0, TestNamespace, jobset_module_dir};
+use crate::cluster::{Cluster, ClusterOptions, TestNamespace, example_manifests};
 use crate::util::{TestTimer, at, load_yaml, repo_root, wait_for, yaml_documents};
 use crate::webhook::{Webhook, WebhookOptions};
 
@@ -512,19 +511,7 @@ fn policy_and_webhook_store_the_same_jobsets() {
         .collect();
     let api = Api::new(c);
 
-    let mut files: Vec<PathBuf> = Vec::new();
-    for dir in [
-        jobset_module_dir(JOBSET_V0_12_0).join("config/samples"),
-        repo_root().join("tests/fixtures/jobsets"),
-    ] {
-        let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
-            .map(|e| e.expect("a directory entry").path())
-            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-            .collect();
-        found.sort();
-        files.extend(found);
-    }
+    let files = example_manifests();
 
     let mut problems: Vec<String> = Vec::new();
     let (mut same_stored, mut same_refused, mut with_applied, mut jobsets) = (0, 0, 0, 0);

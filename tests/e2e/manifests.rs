@@ -4,11 +4,11 @@
 //! shows. Manifests the API server refuses are listed in [`EXPECTED_REJECTIONS`] with the
 //! reason; any other refusal fails the test, naming the file and the API server's error.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::cluster::{JOBSET_V0_12_0, jobset_module_dir};
+use crate::cluster::example_manifests;
 use crate::util::{TestTimer, at, jobset_containers, load_yaml, mentions_rules, repo_root};
 use crate::{WEBHOOK_NAMESPACE, mutate_preview, shared};
 
@@ -37,19 +37,7 @@ fn every_sample_and_fixture_is_accepted_after_mutation() {
     let c = &s.cluster;
     let ns = c.namespace("manifests", &[]);
 
-    let mut files: Vec<PathBuf> = Vec::new();
-    for dir in [
-        jobset_module_dir(JOBSET_V0_12_0).join("config/samples"),
-        repo_root().join("tests/fixtures/jobsets"),
-    ] {
-        let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
-            .map(|e| e.expect("a directory entry").path())
-            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-            .collect();
-        found.sort();
-        files.extend(found);
-    }
+    let files = example_manifests();
 
     let mut problems = Vec::new();
     let mut accepted = Vec::new();

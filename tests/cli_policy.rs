@@ -134,3 +134,17 @@ fn a_bad_config_fails_naming_file_and_field() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("reading /nonexistent/config.yaml"));
 }
+
+#[test]
+fn the_shipped_policy_is_the_current_output() {
+    let path = format!(
+        "{}/manifests/policy/jobset-restart-policy.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let shipped = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    assert!(
+        shipped == ok_stdout(&policy(&[])),
+        "{path} is not what `policy` prints now; regenerate it with \
+         `cargo run -- policy > manifests/policy/jobset-restart-policy.yaml`"
+    );
+}

@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 
 use crate::cluster::probe::{self, Capabilities, Failure, Finding};
 use crate::engine::Targets;
+use crate::policy;
 
 /// The name the shipped manifests register the webhook under.
 pub const DEFAULT_WEBHOOK_CONFIGURATION: &str = "00-jobset-restart-webhook";
@@ -81,6 +82,8 @@ pub struct Report {
     pub probe_namespace: String,
     pub capabilities: Capabilities,
     pub webhook_configuration: WebhookReport,
+    /// The admission-policy alternative (`policy`), by its objects' names.
+    pub admission_policy: PolicyReport,
     /// The targets the verdict assumes, and where they come from.
     pub targets: String,
     pub targets_source: String,
@@ -97,6 +100,16 @@ pub struct WebhookReport {
     pub name: String,
     pub registered: Finding,
     pub webhooks: Vec<WebhookEntry>,
+}
+
+/// Whether the objects `policy` prints are in the cluster.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyReport {
+    /// `true`: all four; `false`: none, or only some (the detail names the missing ones).
+    pub installed: Finding,
+    /// Some but not all of the four are there.
+    pub partial: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -152,6 +165,7 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let namespace = args.namespace.clone().unwrap_or(default_namespace);
     let capabilities = probe::probe(&client, &namespace).await;
     let (webhook, mwc) = read_webhook(&client, &args.webhook_configuration).await;
+    let admission_policy = read_policy(&client).await;
     let mut webhook = webhook;
     if let Some(mwc) = &mwc {
         webhook.webhooks = verify_webhooks(&client, mwc, &args.tls_secret).await;
@@ -164,12 +178,13 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             "the default (no webhook configuration)".to_owned(),
         ),
     };
-    let (problems, warnings) = assess(&capabilities, &webhook, targets);
+    let (problems, warnings) = assess(&capabilities, &webhook, &admission_policy, targets);
     let report = Report {
         cluster,
         probe_namespace: namespace,
         capabilities,
         webhook_configuration: webhook,
+        admission_policy,
         targets: targets.to_string(),
         targets_source,
         ok: problems.is_empty(),
@@ -250,6 +265,50 @@ async fn read_webhook(
             };
             (report, None)
         }
+    }
+}
+
+/// Looks for the four objects of `policy` by their names (a cluster without the v1 admission
+/// policy APIs answers 404, the same as "not installed").
+async fn read_policy(client: &kube::Client) -> PolicyReport {
+    let objects = [
+        ("mutatingadmissionpolicies", policy::MUTATING_NAME),
+        ("mutatingadmissionpolicybindings", policy::MUTATING_NAME),
+        ("validatingadmissionpolicies", policy::VALIDATING_NAME),
+        ("validatingadmissionpolicybindings", policy::VALIDATING_NAME),
+    ];
+    let (mut present, mut missing, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    for (resource, name) in objects {
+        let path = format!("/apis/admissionregistration.k8s.io/v1/{resource}/{name}");
+        let what = format!("{resource}/{name}");
+        match probe::get(client, &path).await {
+            Ok(_) => present.push(what),
+            Err(Failure::Api { code: 404, .. }) => missing.push(what),
+            Err(e) => failed.push(format!("{what}: {e}")),
+        }
+    }
+    let (value, detail) = if !failed.is_empty() {
+        (None, format!("could not read {}", failed.join("; ")))
+    } else if missing.is_empty() {
+        (
+            Some(true),
+            format!(
+                "{} and {} with their bindings",
+                policy::MUTATING_NAME,
+                policy::VALIDATING_NAME
+            ),
+        )
+    } else if present.is_empty() {
+        (Some(false), "not installed".to_owned())
+    } else {
+        (
+            Some(false),
+            format!("partly installed: {} missing", missing.join(", ")),
+        )
+    };
+    PolicyReport {
+        partial: !present.is_empty() && !missing.is_empty(),
+        installed: Finding { value, detail },
     }
 }
 
@@ -575,6 +634,7 @@ async fn dial(url: &str, bundle: &[u8]) -> Result<String, DialError> {
 pub fn assess(
     caps: &Capabilities,
     webhook: &WebhookReport,
+    admission_policy: &PolicyReport,
     targets: Targets,
 ) -> (Vec<String>, Vec<String>) {
     let mut problems = Vec::new();
@@ -630,7 +690,38 @@ pub fn assess(
         )),
         (Some(true), Some(true)) => {}
     }
+    let policy_installed = admission_policy.installed.value == Some(true);
+    if admission_policy.partial {
+        problems.push(format!(
+            "the admission policies of `policy` are {}: apply all four objects or none",
+            admission_policy.installed.detail
+        ));
+    } else if admission_policy.installed.value.is_none() {
+        warnings.push(admission_policy.installed.detail.clone());
+    }
+    if policy_installed && webhook.registered.value == Some(true) {
+        warnings.push(format!(
+            "both the webhook ({}) and the admission policies of `policy` are installed: they \
+             do the same for JobSets, so keep one",
+            webhook.name
+        ));
+    }
+    if policy_installed && caps.restart_all_containers.value == Some(false) {
+        warnings.push(
+            "the admission policies do not probe the cluster: their config must set \
+             defaults.action: Restart here, or JobSets that resolve to RestartAllContainers \
+             make child Jobs the API server rejects"
+                .to_owned(),
+        );
+    }
     match webhook.registered.value {
+        // The admission policies do the webhook's JobSet target.
+        Some(false) if policy_installed && !targets.pods => {}
+        Some(false) if policy_installed => problems.push(
+            "the pod target is asked for, and only the admission policies are installed: they \
+             have no pod target; register the webhook for pods"
+                .to_owned(),
+        ),
         Some(false) => problems.push(format!(
             "{}: nothing sends JobSets or Pods to the webhook",
             webhook.registered.detail
@@ -709,6 +800,11 @@ pub fn table(r: &Report) -> String {
             r.webhook_configuration.registered.detail.clone(),
         ),
     ];
+    rows.push((
+        "admission policies".into(),
+        word(r.admission_policy.installed.value).into(),
+        r.admission_policy.installed.detail.clone(),
+    ));
     for w in &r.webhook_configuration.webhooks {
         rows.push((
             format!("caBundle of {}", w.name),
@@ -803,11 +899,63 @@ mod tests {
         pods: true,
     };
 
+    fn no_policy() -> PolicyReport {
+        PolicyReport {
+            installed: f(Some(false), "not installed"),
+            partial: false,
+        }
+    }
+
+    fn policy_installed() -> PolicyReport {
+        PolicyReport {
+            installed: f(Some(true), "installed"),
+            partial: false,
+        }
+    }
+
+    #[test]
+    fn the_admission_policies_stand_in_for_the_webhook() {
+        let c = caps(Some(true), Some(true), Some(true), Some(true));
+        let absent = WebhookReport {
+            name: "x".into(),
+            registered: f(
+                Some(false),
+                "MutatingWebhookConfiguration x is not registered",
+            ),
+            webhooks: vec![],
+        };
+        let (p, w) = assess(&c, &absent, &policy_installed(), JOBSETS);
+        assert!(p.is_empty() && w.is_empty(), "{p:?} {w:?}");
+        let (p, _) = assess(&c, &absent, &policy_installed(), BOTH);
+        assert!(p[0].contains("they have no pod target"), "{p:?}");
+        let (p, w) = assess(&c, &registered(Some(true)), &policy_installed(), JOBSETS);
+        assert!(p.is_empty());
+        assert!(w[0].contains("keep one"), "{w:?}");
+        let partial = PolicyReport {
+            installed: f(Some(false), "partly installed: a missing"),
+            partial: true,
+        };
+        let (p, _) = assess(&c, &registered(Some(true)), &partial, JOBSETS);
+        assert_eq!(
+            p,
+            [
+                "the admission policies of `policy` are partly installed: a missing: apply all four objects or none"
+            ]
+        );
+        let no_restart_all = caps(Some(true), Some(false), Some(true), Some(true));
+        let (_, w) = assess(&no_restart_all, &absent, &policy_installed(), JOBSETS);
+        assert!(
+            w.iter().any(|w| w.contains("defaults.action: Restart")),
+            "{w:?}"
+        );
+    }
+
     #[test]
     fn all_good() {
         let (p, w) = assess(
             &caps(Some(true), Some(true), Some(true), Some(true)),
             &registered(Some(true)),
+            &no_policy(),
             JOBSETS,
         );
         assert!(p.is_empty() && w.is_empty(), "{p:?} {w:?}");
@@ -818,6 +966,7 @@ mod tests {
         let (p, w) = assess(
             &caps(Some(false), Some(false), Some(true), Some(true)),
             &registered(Some(true)),
+            &no_policy(),
             BOTH,
         );
         assert_eq!(p.len(), 1);
@@ -833,6 +982,7 @@ mod tests {
         let (p, w) = assess(
             &caps(Some(true), Some(false), Some(true), Some(true)),
             &registered(Some(true)),
+            &no_policy(),
             JOBSETS,
         );
         assert!(p.is_empty());
@@ -842,18 +992,19 @@ mod tests {
     #[test]
     fn pruning_crd_needs_the_pod_target() {
         let c = caps(Some(true), Some(true), Some(true), Some(false));
-        let (p, _) = assess(&c, &registered(Some(true)), JOBSETS);
+        let (p, _) = assess(&c, &registered(Some(true)), &no_policy(), JOBSETS);
         assert_eq!(p.len(), 1);
         assert!(
             p[0].contains("prunes restartPolicyRules") && p[0].contains("pod target"),
             "{p:?}"
         );
-        let (p, w) = assess(&c, &registered(Some(true)), BOTH);
+        let (p, w) = assess(&c, &registered(Some(true)), &no_policy(), BOTH);
         assert!(p.is_empty());
         assert!(w[0].contains("prunes"), "{w:?}");
         let (p, _) = assess(
             &caps(Some(true), Some(true), Some(false), None),
             &registered(Some(true)),
+            &no_policy(),
             BOTH,
         );
         assert!(p[0].contains("not installed"), "{p:?}");
@@ -862,12 +1013,12 @@ mod tests {
     #[test]
     fn webhook_problems() {
         let c = caps(Some(true), Some(true), Some(true), Some(true));
-        let (p, _) = assess(&c, &registered(Some(false)), JOBSETS);
+        let (p, _) = assess(&c, &registered(Some(false)), &no_policy(), JOBSETS);
         assert_eq!(
             p,
             ["webhook jobsets.restart.jobset.dev (url https://127.0.0.1:8443/mutate): ca detail"]
         );
-        let (p, w) = assess(&c, &registered(None), JOBSETS);
+        let (p, w) = assess(&c, &registered(None), &no_policy(), JOBSETS);
         assert!(p.is_empty());
         assert_eq!(w, ["webhook jobsets.restart.jobset.dev: ca detail"]);
         let missing = WebhookReport {
@@ -878,7 +1029,7 @@ mod tests {
             ),
             webhooks: vec![],
         };
-        let (p, _) = assess(&c, &missing, JOBSETS);
+        let (p, _) = assess(&c, &missing, &no_policy(), JOBSETS);
         assert_eq!(
             p,
             [
@@ -994,12 +1145,13 @@ mod tests {
     fn table_and_json() {
         let c = caps(Some(true), Some(false), Some(true), Some(false));
         let webhook = registered(Some(true));
-        let (problems, warnings) = assess(&c, &webhook, JOBSETS);
+        let (problems, warnings) = assess(&c, &webhook, &no_policy(), JOBSETS);
         let r = Report {
             cluster: "https://127.0.0.1:6443/".into(),
             probe_namespace: "default".into(),
             capabilities: c,
             webhook_configuration: webhook,
+            admission_policy: no_policy(),
             targets: JOBSETS.to_string(),
             targets_source: "--targets".into(),
             ok: problems.is_empty(),

@@ -210,6 +210,51 @@ fn large_jobset(rjobs: usize, containers: usize) -> Value {
     })
 }
 
+/// `check` counts the shipped admission policies (manifests/policy) as what does the JobSet
+/// target when the webhook is not registered, and calls a partial install a problem.
+fn check_sees_the_policies(c: &Cluster) {
+    let check = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobset-restart-webhook"))
+            .args(["check", "-o", "json"])
+            .env("KUBECONFIG", &c.kubeconfig)
+            .output()
+            .expect("running jobset-restart-webhook check");
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "check -o json printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code(), report)
+    };
+    let dir = repo_root().join("manifests/policy");
+    c.kubectl_ok(&["apply", "-k", &dir.to_string_lossy()], None);
+    let (code, report) = check();
+    assert_eq!(
+        (code, &report["admissionPolicy"]["installed"]["value"]),
+        (Some(0), &json!(true)),
+        "check with the policies and no webhook registered: {report:#}"
+    );
+    c.kubectl_ok(
+        &[
+            "delete",
+            "validatingadmissionpolicybinding",
+            "jobset-restart-annotations",
+        ],
+        None,
+    );
+    let (code, report) = check();
+    assert_eq!(code, Some(1), "a partial install is a problem: {report:#}");
+    assert!(
+        report["problems"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p.as_str().is_some_and(|p| p.contains("partly installed"))),
+        "{report:#}"
+    );
+}
+
 /// How one create ended: the stored object, or the API server's code and the text after
 /// its wrapper ("... denied the request: " / "... denied request: ").
 #[derive(Debug)]
@@ -621,6 +666,7 @@ fn policy_and_webhook_store_the_same_jobsets() {
         problems.len(),
         problems.join("\n")
     );
+    check_sees_the_policies(c);
     assert!(
         cut > 0 && over_limit > 0,
         "the synthetic JobSets did not reach the summary bound ({cut}) or the container limit \

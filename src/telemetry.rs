@@ -227,7 +227,7 @@ impl Metrics {
         );
         registry.register(
             "bad_requests",
-            "Requests rejected before review (400, 404, 405, 408, 413, 415), by HTTP code",
+            "Requests rejected before review (400, 404, 405, 408, 413, 415, 431), by HTTP code",
             m.bad_requests.clone(),
         );
         registry.register(

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
 use super::routes::{self, App, Port};
+use crate::telemetry::CodeLabels;
 
 /// Timeouts and limits for one listener.
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +48,14 @@ pub(crate) struct Limits {
 /// we refused with 413) does not reset the connection before the client has read our answer.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 16 * 1024 * 1024;
+
+/// Largest HTTP/1 request head (request line and headers), and hyper's read-buffer bound
+/// (`max_buf_size`, ~400 KiB by default): a longer head is answered 431 and the connection
+/// closed. Without it each connection could hold ~400 KiB of unfinished head until the
+/// header deadline, outside `--max-body-memory` (256 such connections held 114 MiB, 1000
+/// held 411 MiB). Bodies only pass through this buffer, so it does not limit them (the
+/// handler does, see `routes::MAX_BODY`). kube-apiserver's heads are well under 8 KiB.
+pub const MAX_HEAD: usize = 64 * 1024;
 
 // ---------------------------------------------------------------------------------------
 // Clock
@@ -455,6 +464,10 @@ where
         .timer(TokioTimer::new())
         // Deadlines are the clock's business (see the module comment).
         .header_read_timeout(None)
+        // The buffer bound caps memory (a read may overshoot it a little); the header-size
+        // bound makes the limit on the head exact.
+        .max_buf_size(MAX_HEAD)
+        .max_header_size(MAX_HEAD)
         .keep_alive(true);
     let mut conn = builder.serve_connection(TokioIo::new(io), service(l, &clock));
     let mut shutdown = l.shutdown.clone();
@@ -476,11 +489,22 @@ where
     .await;
     match result {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!(error = %e, "HTTP/1 connection ended with an error"),
+        Ok(Err(e)) => {
+            if e.is_parse_too_large() && l.port == Port::Webhook {
+                // hyper answered 431 itself: the head was longer than MAX_HEAD.
+                l.app
+                    .metrics
+                    .bad_requests
+                    .get_or_create(&CodeLabels { code: 431 })
+                    .inc();
+            }
+            debug!(error = %e, "HTTP/1 connection ended with an error");
+        }
         Err(kind) => return expired(l, kind),
     }
-    let parts = conn.into_parts();
-    linger(parts.io.into_inner()).await;
+    // Only the socket lingers: hyper's buffers (up to MAX_HEAD read) are dropped here.
+    let io = conn.into_parts().io.into_inner();
+    linger(io).await;
 }
 
 async fn serve_h2<I>(io: I, clock: Arc<Clock>, l: &Listener)

@@ -43,6 +43,7 @@ use crate::admission::{ClusterView, Offline};
 use crate::engine::Targets;
 use crate::telemetry::{self, LogFormat, Metrics};
 
+pub use conn::MAX_HEAD;
 pub use ready::ReadinessCheck;
 pub use routes::MAX_BODY;
 

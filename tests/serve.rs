@@ -912,3 +912,37 @@ fn startup_errors_name_the_file_and_the_problem() {
     let (ok, err) = run_to_exit(&[&["serve", "--tls-cert", &certs.cert()], &listen[..]].concat());
     assert!(!ok && err.contains("--tls-key"), "{err}");
 }
+
+/// A zero `--reload-interval` is refused at start, naming the flag and what it takes; it
+/// used to pass, and the file reloaders (tokio intervals) then panicked, so rotated
+/// certificates were never picked up while the server kept serving.
+#[test]
+fn zero_reload_interval_is_a_startup_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = Certs::new(tmp.path());
+    let listen = ["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"];
+    for zero in ["0s", "0", "0ms"] {
+        let (ok, err) = run_to_exit(
+            &[
+                &[
+                    "serve",
+                    "--no-cluster",
+                    "--tls-cert",
+                    &certs.cert(),
+                    "--tls-key",
+                    &certs.key(),
+                    "--reload-interval",
+                    zero,
+                ],
+                &listen[..],
+            ]
+            .concat(),
+        );
+        assert!(!ok, "{zero}: {err}");
+        assert!(
+            err.contains("--reload-interval") && err.contains("more than 0"),
+            "{zero}: {err}"
+        );
+        assert!(!err.contains("panic"), "{zero}: {err}");
+    }
+}

@@ -90,8 +90,9 @@ pub struct ServeArgs {
     /// HTTP/1.1, and h2 brings the rapid-reset class of attacks.
     #[arg(long, env = "JRW_HTTP2")]
     pub http2: bool,
-    /// How often --tls-cert, --tls-key and --config are checked for changes.
-    #[arg(long, env = "JRW_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    /// How often --tls-cert, --tls-key, --client-ca and --config are checked for changes
+    /// (more than 0).
+    #[arg(long, env = "JRW_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_period)]
     pub reload_interval: Duration,
     /// Open connections on the webhook port; more are closed at once.
     #[arg(long, env = "JRW_MAX_CONNECTIONS", default_value_t = 1024,
@@ -147,6 +148,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
     };
     Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// A [`parse_duration`] that is more than zero: the period of a timer (tokio's interval
+/// panics on zero).
+pub fn parse_period(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("a period must be more than 0, e.g. 500ms or 2s".to_owned());
+    }
+    Ok(d)
 }
 
 /// `32Mi`, `1Gi`, `512Ki`, or a number of bytes.
@@ -258,7 +269,11 @@ pub async fn serve(
     options: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    // 1. Everything that can be wrong in a file, before binding.
+    // 1. Everything that can be wrong in the arguments or a file, before binding. (The CLI
+    // refuses a zero period already; this is for callers that build `ServeArgs` themselves.)
+    if args.reload_interval.is_zero() {
+        bail!("--reload-interval must be more than 0 (e.g. 2s)");
+    }
     let (store, config_snapshot) = config::ConfigStore::load(args.config.as_deref(), args.targets)?;
     let store = Arc::new(store);
     let mut metrics = Metrics::new();
@@ -437,6 +452,39 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn periods() {
+        assert_eq!(parse_period("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_period("1ms"), Ok(Duration::from_millis(1)));
+        for zero in ["0", "0s", "0ms", "0.0h", "0.0000000001s"] {
+            let e = parse_period(zero).unwrap_err();
+            assert!(e.contains("more than 0"), "{zero}: {e}");
+        }
+        assert!(parse_period("5 parsecs").is_err());
+    }
+
+    /// `serve` itself refuses a zero period (for callers that build `ServeArgs` without the
+    /// CLI's parser), before binding anything.
+    #[test]
+    fn serve_refuses_a_zero_reload_interval() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let mut args = Cli::parse_from(["serve", "--no-cluster"]).serve;
+        args.reload_interval = Duration::ZERO;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = runtime
+            .block_on(serve(args, ServerOptions::default(), async {}))
+            .unwrap_err();
+        assert!(e.to_string().contains("--reload-interval"), "{e}");
     }
 
     #[test]

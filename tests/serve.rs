@@ -946,3 +946,22 @@ fn zero_reload_interval_is_a_startup_error() {
         assert!(!err.contains("panic"), "{zero}: {err}");
     }
 }
+
+#[test]
+fn zero_capability_interval_is_a_startup_error() {
+    // A zero period would send dry-run probes to the API server without pause.
+    let (ok, err) = run_to_exit(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--capability-interval",
+        "0s",
+    ]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("--capability-interval") && err.contains("more than 0"),
+        "{err}"
+    );
+}

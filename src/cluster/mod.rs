@@ -56,7 +56,7 @@ pub struct ClusterArgs {
     /// How often the cluster's capabilities are probed again (a failed round is retried
     /// after at most 30 s).
     #[arg(long, env = "JRW_CAPABILITY_INTERVAL", default_value = "5m",
-          value_parser = crate::server::parse_duration)]
+          value_parser = crate::server::parse_period)]
     pub capability_interval: Duration,
 }
 

@@ -1,23 +1,43 @@
-//! JobSet and pod creation through a real kube-apiserver, with and without our webhook
-//! (issue 7, part 3). Run: `cargo bench --features e2e --bench apiserver` (about 6 minutes;
-//! `-- --quick` about 3). Without `--bench` (as `cargo test --all-targets --features e2e`
-//! would run it) it does nothing.
+//! JobSet and pod creation through a real kube-apiserver, with no admission of ours, with our
+//! webhook, and with the admission policies `jobset-restart-webhook policy` generates (issue 7,
+//! part 3). Run: `cargo bench --features e2e --bench apiserver` (about 11 minutes; `-- --quick`
+//! about 3.5). Without `--bench` (as `cargo test --all-targets --features e2e` would run it) it
+//! does nothing.
 //!
 //! The control plane is the e2e harness's (tests/e2e/cluster.rs and webhook.rs, shared as
 //! modules): etcd, kube-apiserver, kube-controller-manager, the JobSet v0.12.0 controller with
 //! its own webhooks, and our release-built `serve --targets jobsets,pods` with the cluster's
-//! kubeconfig (cluster-aware: it watches JobSets, so pods find their parent), registered with
-//! the shipped MutatingWebhookConfiguration. Everything shares the machine's cores: what is
-//! measured is the whole system, and the ratios between modes are the result.
+//! kubeconfig (cluster-aware: it watches JobSets, so pods find their parent). Everything shares
+//! the machine's cores: what is measured is the whole system, and the ratios between modes are
+//! the result. Three modes:
+//! - none: neither the shipped MutatingWebhookConfiguration nor the policies are registered;
+//! - webhook (`Mode::Ours`): the shipped MutatingWebhookConfiguration (pointing at `serve`) is
+//!   registered;
+//! - policy: the MutatingWebhookConfiguration is deleted and the MutatingAdmissionPolicy,
+//!   ValidatingAdmissionPolicy and bindings that the same binary's `policy -o json` prints
+//!   (built-in defaults, as `serve` runs without `--config`) are applied.
 //!
-//! 1. JobSet creates: `CONNS` clients create opted-in, suspended JobSets (no Jobs run, no
-//!    pods) back to back for `SECS` seconds, in the order none / ours / ours / none (ABBA, so
-//!    that a drift of the background load cancels). Per run: creates/s, the client's latency
-//!    percentiles, and from kube-apiserver's /metrics (deltas) `apiserver_request_duration_seconds`
-//!    for `POST jobsets` and `apiserver_admission_webhook_admission_duration_seconds` per webhook.
+//! Every switch goes through "none" and waits until the API server really acts accordingly:
+//! a server-side dry run of an opted-in JobSet carries no `applied` annotation and one with an
+//! invalid annotation is accepted; then, for webhook or policy, the dry run carries the annotation
+//! and the invalid one is denied.
+//!
+//! 1. JobSet creates: `conns` clients create opted-in, suspended JobSets (no pods) back to
+//!    back, in the order none / webhook / policy / policy / webhook / none (so that a linear
+//!    drift of the background load cancels) after a discarded warm-up, for 1 replicated job x
+//!    1 container (15 s runs) and for 8 replicated jobs x 3 containers (10 s runs; the
+//!    policy's CEL grows with containers). Per run: creates/s, the client's latency
+//!    percentiles, and from kube-apiserver's /metrics (deltas)
+//!    `apiserver_request_duration_seconds` for `POST jobsets`,
+//!    `apiserver_admission_webhook_admission_duration_seconds` per webhook, the admission
+//!    phases and plugins (`apiserver_admission_step_admission_duration_seconds`,
+//!    `apiserver_admission_controller_admission_duration_seconds`) and the mutating policy's
+//!    own `apiserver_mutating_admission_policy_check_duration_seconds` (the validating
+//!    policy's check metrics only count denials and errors). Then one client creates 40
+//!    JobSets of each shape one at a time in each mode: the engines' cost without queueing.
 //! 2. Pods: 20 JobSets of one Job with 50 pods each (1,000 pods), created at once; the time
 //!    until the controllers have created every pod, and the same metrics for `POST pods`,
-//!    with no webhook of ours and with ours (pod target on).
+//!    with no webhook of ours and with ours (pod target on; the policies have no pod target).
 
 #[path = "../tests/e2e/cluster.rs"]
 #[allow(dead_code)]
@@ -42,6 +62,87 @@ use cluster::{Cluster, ClusterOptions};
 use webhook::{SHIPPED_NAME, Webhook, WebhookOptions};
 
 const TOKEN: &str = "admin-token";
+const APPLIED: &str = "/metadata/annotations/restart.jobset.dev~1applied";
+/// The shipped configuration's webhook for opted-in JobSets (the one the bench's JobSets meet).
+const OUR_JOBSET_WEBHOOK: &str = "jobsets.restart.jobset.dev";
+
+/// Which admission of ours the API server runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    None,
+    Ours,
+    Policy,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::Ours => "webhook",
+            Mode::Policy => "policy",
+        }
+    }
+}
+
+/// The JobSets created: `rjobs` replicated jobs of one Job with `containers` containers.
+#[derive(Clone, Copy)]
+struct Shape {
+    rjobs: usize,
+    containers: usize,
+}
+
+const SMALL: Shape = Shape {
+    rjobs: 1,
+    containers: 1,
+};
+const LARGE: Shape = Shape {
+    rjobs: 8,
+    containers: 3,
+};
+
+/// The generated policies (a `v1` `List`) and the mutating policy's name (the label of its
+/// check metric).
+struct Policies {
+    list: Value,
+    mutating: String,
+}
+
+/// One JobSet-creates run.
+struct Run {
+    mode: Mode,
+    load: String,
+    rate: f64,
+    errors: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    post: String,
+    post_mean_ms: f64,
+    webhooks: String,
+    applied: bool,
+    admission: Admission,
+}
+
+/// Admission inside kube-apiserver over one run, from /metrics deltas.
+struct Admission {
+    /// JobSets created in the run (the denominator of the per-JobSet figures).
+    created: f64,
+    /// (sum s, count) of the mutating and validating phases (operation CREATE, every resource).
+    admit: (f64, f64),
+    validate: (f64, f64),
+    /// (sum s, count) per admission plugin (operation CREATE), by plugin name.
+    plugins: BTreeMap<String, (f64, f64)>,
+    /// (sum s, count) of the mutating policy's own check histogram (one observation per
+    /// evaluation). The validating policy's histogram only observes denials and errors.
+    map_check: (f64, f64),
+}
+
+/// Admission plugins shown per run, in the API server's order: MAP, MAW, VAP, VAW.
+const PLUGINS: [&str; 4] = [
+    "MutatingAdmissionPolicy",
+    "MutatingAdmissionWebhook",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionWebhook",
+];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -53,6 +154,7 @@ fn main() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let started = Instant::now();
     let load_before = loadavg();
+    let policies = generated_policies();
     let cluster = Cluster::start(ClusterOptions {
         name: "bench",
         ..ClusterOptions::default()
@@ -70,8 +172,8 @@ fn main() {
         .build()
         .expect("runtime");
     let api = Api::new(&cluster);
-    let secs = Duration::from_secs(if quick { 6 } else { 15 });
     let conns = 8;
+    let mut current: Option<Mode> = None;
 
     let mut out = String::new();
     let _ = writeln!(
@@ -79,59 +181,184 @@ fn main() {
         "\n## Through kube-apiserver ({} mode; load average before {load_before})\n",
         if quick { "quick" } else { "full" }
     );
-    let _ = writeln!(
-        out,
-        "### JobSet creates ({conns} clients, {} s per run, opted-in suspended JobSets, order none/ours/ours/none)\n",
-        secs.as_secs()
-    );
-    out.push_str("| run | webhook of ours | creates/s | client p50 / p99 ms | apiserver POST jobsets: mean / p50 / p99 ms (count) | admission webhooks called, mean ms (calls) |\n|---|---|---|---|---|---|\n");
-    let order: &[bool] = if quick {
-        &[false, true]
+
+    use Mode::{None as N, Ours as O, Policy as P};
+    let sections: [(Shape, u64, &[Mode]); 2] = if quick {
+        [(SMALL, 6, &[N, O, P]), (LARGE, 6, &[O, P])]
     } else {
-        &[false, true, true, false]
+        [
+            (SMALL, 15, &[N, O, P, P, O, N]),
+            (LARGE, 10, &[N, O, P, P, O, N]),
+        ]
     };
-    let mut rates: BTreeMap<bool, Vec<f64>> = BTreeMap::new();
-    for (i, &ours) in order.iter().enumerate() {
-        set_registered(&cluster, &hook, ours);
+    let mut families_seen = String::new();
+    let mut run_no = 0;
+    for (section, (shape, secs, order)) in sections.into_iter().enumerate() {
+        let secs = Duration::from_secs(secs);
+        // A discarded warm-up run of the section's shape in its first mode: without it the
+        // first run of the 8x3 section was ~30 % slower than the last at the same load.
+        if current != Some(order[0]) {
+            set_mode(&cluster, &hook, &policies, order[0]);
+            current = Some(order[0]);
+        }
+        let warm_secs = Duration::from_secs(if quick { 2 } else { 5 });
         let ns = cluster
-            .namespace(&format!("bench-js-{i}"), &[])
+            .namespace(&format!("bench-warm-{section}"), &[])
             .name
             .clone();
-        let before = rt.block_on(api.metrics());
-        let (ok, errors, hist) = rt.block_on(create_jobsets(&api, &ns, conns, secs));
-        let after = rt.block_on(api.metrics());
-        let rate = ok as f64 / secs.as_secs_f64();
-        rates.entry(ours).or_default().push(rate);
-        let req = after
-            .request_hist("jobsets", "POST")
-            .delta(&before.request_hist("jobsets", "POST"));
-        let _ = writeln!(
-            out,
-            "| {} | {} | {rate:.1}{} | {:.1} / {:.1} | {} | {} |",
-            i + 1,
-            if ours { "registered" } else { "none" },
-            if errors > 0 {
-                format!(" ({errors} errors)")
-            } else {
-                String::new()
-            },
-            hist.value_at_quantile(0.5) as f64 / 1e3,
-            hist.value_at_quantile(0.99) as f64 / 1e3,
-            req.describe(),
-            webhooks_called(&before, &after),
+        let (ok, _, _) = rt.block_on(create_jobsets(&api, &ns, conns, warm_secs, shape));
+        eprintln!(
+            "apiserver: warm-up {} {}x{}: {:.1} creates/s (discarded)",
+            order[0].label(),
+            shape.rjobs,
+            shape.containers,
+            ok as f64 / warm_secs.as_secs_f64()
         );
-        eprintln!("apiserver: run {} ours={ours}: {rate:.1} creates/s", i + 1);
         delete_namespace(&cluster, &ns);
+        let mut runs = Vec::new();
+        for &mode in order {
+            run_no += 1;
+            if current != Some(mode) {
+                set_mode(&cluster, &hook, &policies, mode);
+                current = Some(mode);
+            }
+            let ns = cluster
+                .namespace(&format!("bench-js-{run_no}"), &[])
+                .name
+                .clone();
+            let load = loadavg_1();
+            let before = rt.block_on(api.metrics());
+            let (ok, errors, hist) = rt.block_on(create_jobsets(&api, &ns, conns, secs, shape));
+            let after = rt.block_on(api.metrics());
+            if mode == Mode::Policy && families_seen.is_empty() {
+                families_seen = admission_families(&after);
+            }
+            let applied = rt
+                .block_on(api.get_jobset(&ns, "js-0-0"))
+                .is_some_and(|js| js.pointer(APPLIED).is_some_and(Value::is_string));
+            let req = after
+                .request_hist("jobsets", "POST")
+                .delta(&before.request_hist("jobsets", "POST"));
+            let run = Run {
+                mode,
+                load,
+                rate: ok as f64 / secs.as_secs_f64(),
+                errors,
+                p50_ms: hist.value_at_quantile(0.5) as f64 / 1e3,
+                p99_ms: hist.value_at_quantile(0.99) as f64 / 1e3,
+                post: req.describe(),
+                post_mean_ms: req.sum / req.count * 1e3,
+                webhooks: webhooks_called(&before, &after),
+                applied,
+                admission: Admission::measure(&before, &after, &policies, ok as f64),
+            };
+            eprintln!(
+                "apiserver: run {run_no} {} {}x{}: {:.1} creates/s, applied={applied}",
+                mode.label(),
+                shape.rjobs,
+                shape.containers,
+                run.rate
+            );
+            if applied != (mode != Mode::None) {
+                eprintln!(
+                    "apiserver: WARNING: run {run_no} ({}): applied annotation {applied}",
+                    mode.label()
+                );
+            }
+            runs.push(run);
+            delete_namespace(&cluster, &ns);
+        }
+        report_creates(&mut out, shape, secs, conns, run_no + 1 - runs.len(), &runs);
     }
-    let none = median(rates.get(&false).cloned().unwrap_or_default());
-    let ours = median(rates.get(&true).cloned().unwrap_or_default());
+    // One client, one create at a time: the cost of each engine without queueing for the CPU.
+    let seq = if quick { 10 } else { 40 };
     let _ = writeln!(
         out,
-        "\nCreates/s with our webhook / without: **{:.2}** (medians {ours:.1} / {none:.1}).\n",
-        ours / none
+        "### One client, {seq} sequential creates per mode and shape (order none / webhook / \
+         policy)\n"
+    );
+    out.push_str("| admission of ours | shape | client p50 / max ms | apiserver POST jobsets mean ms | our webhook: mean ms (calls per JobSet) | mutating phase | MAP plugin | MAW plugin | validating phase | VAP plugin | MAP check: mean ms (evaluations per JobSet) |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let ns = cluster.namespace("bench-seq", &[]).name.clone();
+    for mode in [Mode::None, Mode::Ours, Mode::Policy] {
+        set_mode(&cluster, &hook, &policies, mode);
+        for shape in [SMALL, LARGE] {
+            let before = rt.block_on(api.metrics());
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
+            for k in 0..seq {
+                let name = format!(
+                    "seq-{}-{}x{}-{k}",
+                    mode.label(),
+                    shape.rjobs,
+                    shape.containers
+                );
+                let t = Instant::now();
+                rt.block_on(api.create_jobset(&ns, &create_body(&name, shape)))
+                    .unwrap_or_else(|e| panic!("creating {name}: {e}"));
+                let _ = hist.record(t.elapsed().as_micros() as u64);
+            }
+            let after = rt.block_on(api.metrics());
+            let a = Admission::measure(&before, &after, &policies, seq as f64);
+            let req = after
+                .request_hist("jobsets", "POST")
+                .delta(&before.request_hist("jobsets", "POST"));
+            let ours = after
+                .webhook_hist(OUR_JOBSET_WEBHOOK)
+                .delta(&before.webhook_hist(OUR_JOBSET_WEBHOOK));
+            let per = |(sum, _): (f64, f64)| format!("{:.2}", sum / seq as f64 * 1e3);
+            let plugin = |name: &str| per(a.plugins.get(name).copied().unwrap_or((0.0, 0.0)));
+            let _ = writeln!(
+                out,
+                "| {} | {}x{} | {:.1} / {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
+                mode.label(),
+                shape.rjobs,
+                shape.containers,
+                hist.value_at_quantile(0.5) as f64 / 1e3,
+                hist.max() as f64 / 1e3,
+                req.sum / req.count * 1e3,
+                if ours.count > 0.0 {
+                    format!(
+                        "{:.2} ({:.1})",
+                        ours.sum / ours.count * 1e3,
+                        ours.count / seq as f64
+                    )
+                } else {
+                    "-".to_owned()
+                },
+                per(a.admit),
+                plugin(PLUGINS[0]),
+                plugin(PLUGINS[1]),
+                per(a.validate),
+                plugin(PLUGINS[2]),
+                if a.map_check.1 > 0.0 {
+                    format!(
+                        "{:.2} ({:.1})",
+                        a.map_check.0 / a.map_check.1 * 1e3,
+                        a.map_check.1 / seq as f64
+                    )
+                } else {
+                    "-".to_owned()
+                },
+            );
+            eprintln!(
+                "apiserver: sequential {} {}x{}: p50 {:.1} ms",
+                mode.label(),
+                shape.rjobs,
+                shape.containers,
+                hist.value_at_quantile(0.5) as f64 / 1e3
+            );
+        }
+    }
+    delete_namespace(&cluster, &ns);
+    out.push('\n');
+
+    let _ = writeln!(
+        out,
+        "kube-apiserver's admission families in /metrics after the first policy run \
+         (name: label sets with a value):\n\n```\n{families_seen}```\n"
     );
 
     // Pods.
+    set_mode(&cluster, &hook, &policies, Mode::None);
     let (jobsets, per) = if quick { (4, 50) } else { (20, 50) };
     let _ = writeln!(
         out,
@@ -139,7 +366,12 @@ fn main() {
     );
     out.push_str("| webhook of ours | pods | seconds to all pods | pods/s | apiserver POST pods: mean / p50 / p99 ms (count) | admission webhooks called on pods, mean ms (calls) |\n|---|---|---|---|---|---|\n");
     for (i, ours) in [false, true].into_iter().enumerate() {
-        set_registered(&cluster, &hook, ours);
+        set_mode(
+            &cluster,
+            &hook,
+            &policies,
+            if ours { Mode::Ours } else { Mode::None },
+        );
         let ns = cluster
             .namespace(&format!("bench-pods-{i}"), &[])
             .name
@@ -192,6 +424,258 @@ fn main() {
     println!("{out}");
 }
 
+/// Prints the two tables of one shape's runs and the ratios of the medians.
+fn report_creates(
+    out: &mut String,
+    shape: Shape,
+    secs: Duration,
+    conns: usize,
+    first: usize,
+    runs: &[Run],
+) {
+    let order: Vec<&str> = runs.iter().map(|r| r.mode.label()).collect();
+    let _ = writeln!(
+        out,
+        "### JobSet creates, {} replicated job(s) x {} container(s) ({conns} clients, {} s per \
+         run, opted-in suspended JobSets, order {})\n",
+        shape.rjobs,
+        shape.containers,
+        secs.as_secs(),
+        order.join(" / ")
+    );
+    out.push_str("| run | admission of ours | load (1 min) | creates/s | client p50 / p99 ms | apiserver POST jobsets: mean / p50 / p99 ms (count) | admission webhooks called, mean ms (calls) |\n|---|---|---|---|---|---|---|\n");
+    for (i, r) in runs.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "| {} | {}{} | {} | {:.1}{} | {:.1} / {:.1} | {} | {} |",
+            first + i,
+            r.mode.label(),
+            if r.applied == (r.mode != Mode::None) {
+                ""
+            } else {
+                " (**applied annotation not as expected**)"
+            },
+            r.load,
+            r.rate,
+            if r.errors > 0 {
+                format!(" ({} errors)", r.errors)
+            } else {
+                String::new()
+            },
+            r.p50_ms,
+            r.p99_ms,
+            r.post,
+            r.webhooks,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nAdmission inside kube-apiserver, ms per JobSet created (sum of the histogram over the \
+         run / JobSets created; the phases and plugins also time the other objects created \
+         meanwhile, e.g. the controller's Jobs and Events, which no admission of ours matches):\n"
+    );
+    out.push_str("| run | admission of ours | mutating phase | MAP plugin | MAW plugin | validating phase | VAP plugin | VAW plugin | MAP check: mean ms (evaluations per JobSet) |\n|---|---|---|---|---|---|---|---|---|\n");
+    for (i, r) in runs.iter().enumerate() {
+        let a = &r.admission;
+        let per = |(sum, _): (f64, f64)| {
+            if a.created > 0.0 {
+                format!("{:.2}", sum / a.created * 1e3)
+            } else {
+                "-".to_owned()
+            }
+        };
+        let check = |(sum, count): (f64, f64)| {
+            if count > 0.0 {
+                format!("{:.2} ({:.1})", sum / count * 1e3, count / a.created)
+            } else {
+                "-".to_owned()
+            }
+        };
+        let plugin = |name: &str| per(a.plugins.get(name).copied().unwrap_or((0.0, 0.0)));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            first + i,
+            r.mode.label(),
+            per(a.admit),
+            plugin(PLUGINS[0]),
+            plugin(PLUGINS[1]),
+            per(a.validate),
+            plugin(PLUGINS[2]),
+            plugin(PLUGINS[3]),
+            check(a.map_check),
+        );
+    }
+    let med = |mode: Mode, f: fn(&Run) -> f64| {
+        median(runs.iter().filter(|r| r.mode == mode).map(f).collect())
+    };
+    let (none, ours, policy) = (
+        med(Mode::None, |r| r.rate),
+        med(Mode::Ours, |r| r.rate),
+        med(Mode::Policy, |r| r.rate),
+    );
+    let (none_ms, ours_ms, policy_ms) = (
+        med(Mode::None, |r| r.post_mean_ms),
+        med(Mode::Ours, |r| r.post_mean_ms),
+        med(Mode::Policy, |r| r.post_mean_ms),
+    );
+    let _ = writeln!(out);
+    if none.is_finite() {
+        let _ = writeln!(
+            out,
+            "Creates/s (medians): none {none:.1}, webhook {ours:.1}, policy {policy:.1}; \
+             **webhook / none {:.2}, policy / none {:.2}**, policy / webhook {:.2}. \
+             Mean POST jobsets (medians): none {none_ms:.1} ms, webhook {ours_ms:.1} ms, \
+             policy {policy_ms:.1} ms.\n",
+            ours / none,
+            policy / none,
+            policy / ours
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "Creates/s (medians): webhook {ours:.1}, policy {policy:.1}; **policy / webhook \
+             {:.2}**. Mean POST jobsets (medians): webhook {ours_ms:.1} ms, policy \
+             {policy_ms:.1} ms.\n",
+            policy / ours
+        );
+    }
+}
+
+impl Admission {
+    fn measure(before: &Metrics, after: &Metrics, policies: &Policies, created: f64) -> Self {
+        let d = |f: &dyn Fn(&Metrics) -> Hist| {
+            let h = f(after).delta(&f(before));
+            (h.sum, h.count)
+        };
+        let step = |ty: &'static str| {
+            move |m: &Metrics| {
+                let t = format!("type=\"{ty}\"");
+                m.hist("apiserver_admission_step_admission_duration_seconds", |l| {
+                    l.contains(&t)
+                        && l.contains("operation=\"CREATE\"")
+                        && l.contains("rejected=\"false\"")
+                })
+            }
+        };
+        let mut plugins = BTreeMap::new();
+        for name in PLUGINS {
+            let n = format!("name=\"{name}\"");
+            plugins.insert(
+                name.to_owned(),
+                d(&|m: &Metrics| {
+                    m.hist(
+                        "apiserver_admission_controller_admission_duration_seconds",
+                        |l| {
+                            l.contains(&n)
+                                && l.contains("operation=\"CREATE\"")
+                                && l.contains("rejected=\"false\"")
+                        },
+                    )
+                }),
+            );
+        }
+        let check = |family: &'static str, policy: &str| {
+            let p = format!("policy=\"{policy}\"");
+            d(&move |m: &Metrics| m.hist(family, |l| l.contains(&p)))
+        };
+        Admission {
+            created,
+            admit: d(&step("admit")),
+            validate: d(&step("validate")),
+            plugins,
+            map_check: check(
+                "apiserver_mutating_admission_policy_check_duration_seconds",
+                &policies.mutating,
+            ),
+        }
+    }
+}
+
+/// What kube-apiserver's /metrics holds about admission policies: the series of every family
+/// whose name mentions `admission_policy` or `match_condition` (without `_bucket`, `le`), and
+/// the plugins `apiserver_admission_controller_admission_duration_seconds` timed for CREATE.
+/// Only series with a non-zero value.
+fn admission_families(m: &Metrics) -> String {
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut plugins: Vec<String> = Vec::new();
+    for line in m.0.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if value.parse::<f64>().unwrap_or(0.0) == 0.0 {
+            continue;
+        }
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let labels = labels.trim_end_matches('}');
+        if name == "apiserver_admission_controller_admission_duration_seconds_count"
+            && labels.contains("operation=\"CREATE\"")
+        {
+            if let (Some(n), Some(t)) = (label(labels, "name"), label(labels, "type")) {
+                let p = format!("{n} ({t})");
+                if !plugins.contains(&p) {
+                    plugins.push(p);
+                }
+            }
+            continue;
+        }
+        if !(name.contains("admission_policy") || name.contains("match_condition"))
+            || name.ends_with("_bucket")
+        {
+            continue;
+        }
+        let entry = seen.entry(name.to_owned()).or_default();
+        if !entry.iter().any(|l| l == labels) {
+            entry.push(labels.to_owned());
+        }
+    }
+    let mut s = String::new();
+    for (name, sets) in seen {
+        let _ = writeln!(s, "{name}{{{}}}", sets.join("} {"));
+    }
+    let _ = writeln!(
+        s,
+        "apiserver_admission_controller_admission_duration_seconds, CREATE: {}",
+        plugins.join(", ")
+    );
+    s
+}
+
+/// `policy -o json` of the binary `serve` runs from, with the built-in defaults.
+fn generated_policies() -> Policies {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobset-restart-webhook"))
+        .args(["policy", "-o", "json"])
+        .output()
+        .expect("running jobset-restart-webhook policy");
+    assert!(
+        out.status.success(),
+        "policy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).expect("policy -o json prints JSON");
+    let name_of = |kind: &str| {
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["kind"] == kind)
+            .and_then(|i| i["metadata"]["name"].as_str())
+            .unwrap_or_else(|| panic!("policy prints no {kind}"))
+            .to_owned()
+    };
+    assert!(
+        !name_of("ValidatingAdmissionPolicy").is_empty(),
+        "policy prints a ValidatingAdmissionPolicy"
+    );
+    Policies {
+        mutating: name_of("MutatingAdmissionPolicy"),
+        list,
+    }
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -199,6 +683,15 @@ fn loadavg() -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+fn loadavg_1() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_owned()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -214,13 +707,59 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Registers the shipped configuration (pointing at `hook`) or deletes it, and waits until
-/// the API server acts accordingly (a server-side dry run is or is not mutated).
-fn set_registered(cluster: &Cluster, hook: &Webhook, on: bool) {
-    if on {
-        hook.register(cluster, None, "default");
-        return;
+/// A server-side dry run in `default`: (stored object or Null, refusal text or "").
+fn dry_run(cluster: &Cluster, in_place: &str) -> (Value, String) {
+    if in_place == "enabled" {
+        return (webhook::dry_run_probe(cluster, "default"), String::new());
     }
+    let probe = json!({
+        "apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
+        "metadata": {"name": "probe-invalid", "annotations": {"restart.jobset.dev/in-place": in_place}},
+        "spec": {"replicatedJobs": [{"name": "r", "replicas": 1, "template": {"spec": {
+            "template": {"spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}}}}]}
+    });
+    let out = cluster.kubectl(
+        &[
+            "create",
+            "--dry-run=server",
+            "-n",
+            "default",
+            "-f",
+            "-",
+            "-o",
+            "json",
+        ],
+        Some(&probe.to_string()),
+    );
+    (
+        serde_json::from_slice(&out.stdout).unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Whether the API server mutates an opted-in dry run and denies one with an invalid
+/// annotation, or neither; `Err` while it is in between.
+fn acting(cluster: &Cluster, want: bool) -> Result<(), String> {
+    let (stored, _) = dry_run(cluster, "enabled");
+    if !stored["metadata"]["name"].is_string() {
+        return Err(format!("the opted-in dry run was not stored: {stored}"));
+    }
+    let mutated = stored.pointer(APPLIED).is_some_and(Value::is_string);
+    let (accepted, refusal) = dry_run(cluster, "maybe");
+    let denied = !accepted["metadata"]["name"].is_string();
+    if mutated == want && denied == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "mutated {mutated}, invalid annotation denied {denied} ({})",
+            refusal.trim()
+        ))
+    }
+}
+
+/// Puts the API server in `mode` (always through "none") and waits until it acts so.
+fn set_mode(cluster: &Cluster, hook: &Webhook, policies: &Policies, mode: Mode) {
+    let t = Instant::now();
     cluster.kubectl_ok(
         &[
             "delete",
@@ -230,34 +769,51 @@ fn set_registered(cluster: &Cluster, hook: &Webhook, on: bool) {
         ],
         None,
     );
+    cluster.kubectl_ok(
+        &["delete", "-f", "-", "--ignore-not-found"],
+        Some(&policies.list.to_string()),
+    );
     util::wait_for(
-        "the API server to stop calling our webhook",
-        Duration::from_secs(30),
-        || {
-            let stored = webhook::dry_run_probe(cluster, "default");
-            if stored["metadata"]["name"].is_string()
-                && stored
-                    .pointer("/metadata/annotations/restart.jobset.dev~1applied")
-                    .is_none()
-            {
-                Ok(())
-            } else {
-                Err("the dry run is still mutated".to_owned())
-            }
-        },
+        "the API server to run no admission of ours",
+        Duration::from_secs(60),
+        || acting(cluster, false),
+    );
+    match mode {
+        Mode::None => {}
+        Mode::Ours => hook.register(cluster, None, "default"),
+        Mode::Policy => {
+            cluster.kubectl_ok(&["apply", "-f", "-"], Some(&policies.list.to_string()));
+        }
+    }
+    if mode != Mode::None {
+        util::wait_for(
+            "the API server to run our admission",
+            Duration::from_secs(60),
+            || acting(cluster, true),
+        );
+    }
+    eprintln!(
+        "apiserver: mode {} in effect after {:.1} s",
+        mode.label(),
+        t.elapsed().as_secs_f64()
     );
 }
 
 fn delete_namespace(cluster: &Cluster, ns: &str) {
     cluster.kubectl_ok(&["delete", "namespace", ns, "--wait=false"], None);
     // Bounded: the next run starts after at most 60 s even if the garbage collector is busy.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(60);
     while Instant::now() < deadline {
         if !cluster
             .kubectl(&["get", "namespace", ns], None)
             .status
             .success()
         {
+            eprintln!(
+                "apiserver: namespace {ns} deleted in {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
             return;
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -265,34 +821,41 @@ fn delete_namespace(cluster: &Cluster, ns: &str) {
     eprintln!("apiserver: namespace {ns} still terminating after 60 s; going on");
 }
 
-/// An opted-in, suspended JobSet (one Job of one pod when resumed).
-fn create_body(name: &str) -> Value {
+/// An opted-in, suspended JobSet of `shape` (one pod per Job when resumed).
+fn create_body(name: &str, shape: Shape) -> Value {
+    let containers: Vec<Value> = (0..shape.containers)
+        .map(|c| {
+            json!({
+                "name": if c == 0 { "trainer".to_owned() } else { format!("helper-{c}") },
+                "image": "busybox:1.36",
+                "command": ["sh", "-c", "exit 0"],
+                "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}
+            })
+        })
+        .collect();
+    let rjobs: Vec<Value> = (0..shape.rjobs)
+        .map(|r| {
+            json!({
+                "name": if shape.rjobs == 1 { "workers".to_owned() } else { format!("workers-{r}") },
+                "replicas": 1,
+                "template": {"spec": {
+                    "parallelism": 1, "completions": 1, "backoffLimit": 0,
+                    "template": {"spec": {"containers": containers}}
+                }}
+            })
+        })
+        .collect();
     json!({
         "apiVersion": "jobset.x-k8s.io/v1alpha2",
         "kind": "JobSet",
         "metadata": {"name": name, "annotations": {"restart.jobset.dev/in-place": "enabled"}},
-        "spec": {
-            "suspend": true,
-            "replicatedJobs": [{
-                "name": "workers",
-                "replicas": 1,
-                "template": {"spec": {
-                    "parallelism": 1, "completions": 1, "backoffLimit": 0,
-                    "template": {"spec": {"containers": [{
-                        "name": "trainer",
-                        "image": "busybox:1.36",
-                        "command": ["sh", "-c", "exit 0"],
-                        "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}
-                    }]}}
-                }}
-            }]
-        }
+        "spec": {"suspend": true, "replicatedJobs": rjobs}
     })
 }
 
 /// An opted-in JobSet whose one Job runs `pods` pods at once.
 fn pods_jobset(name: &str, pods: usize) -> Value {
-    let mut js = create_body(name);
+    let mut js = create_body(name, SMALL);
     js["spec"]["suspend"] = json!(false);
     js["spec"]["replicatedJobs"][0]["template"]["spec"]["parallelism"] = json!(pods);
     js["spec"]["replicatedJobs"][0]["template"]["spec"]["completions"] = json!(pods);
@@ -304,6 +867,7 @@ async fn create_jobsets(
     ns: &str,
     conns: usize,
     secs: Duration,
+    shape: Shape,
 ) -> (u64, u64, Histogram<u64>) {
     let end = Instant::now() + secs;
     let errors = Arc::new(AtomicU64::new(0));
@@ -317,7 +881,7 @@ async fn create_jobsets(
                 let mut ok = 0u64;
                 let mut k = 0;
                 while Instant::now() < end {
-                    let body = create_body(&format!("js-{c}-{k}"));
+                    let body = create_body(&format!("js-{c}-{k}"), shape);
                     k += 1;
                     let t = Instant::now();
                     match api.create_jobset(&ns, &body).await {
@@ -388,6 +952,18 @@ impl Api {
         } else {
             Err(format!("HTTP {status}: {text}"))
         }
+    }
+
+    async fn get_jobset(&self, ns: &str, name: &str) -> Option<Value> {
+        let url = format!(
+            "{}/apis/jobset.x-k8s.io/v1alpha2/namespaces/{ns}/jobsets/{name}",
+            self.base
+        );
+        let resp = self.http.get(url).bearer_auth(TOKEN).send().await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.json().await.ok()
     }
 
     async fn count_pods(&self, ns: &str) -> usize {

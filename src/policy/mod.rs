@@ -133,7 +133,9 @@ pub fn generate(config: &Config) -> Vec<Document> {
                     "validations": [
                         {
                             "expression": "size(variables.problems) == 0",
-                            "messageExpression": "variables.problems[0]",
+                            // Evaluated even when the validation passes (see
+                            // `too_many_containers_message`): guarded, not an index error.
+                            "messageExpression": "size(variables.problems) > 0 ? variables.problems[0] : ''",
                             "reason": "Invalid",
                         },
                         {

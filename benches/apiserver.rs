@@ -709,32 +709,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// A server-side dry run in `default`: (stored object or Null, refusal text or "").
 fn dry_run(cluster: &Cluster, in_place: &str) -> (Value, String) {
-    if in_place == "enabled" {
-        return (webhook::dry_run_probe(cluster, "default"), String::new());
-    }
     let probe = json!({
         "apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
-        "metadata": {"name": "probe-invalid", "annotations": {"restart.jobset.dev/in-place": in_place}},
+        "metadata": {"name": "probe-restart-webhook", "annotations": {"restart.jobset.dev/in-place": in_place}},
         "spec": {"replicatedJobs": [{"name": "r", "replicas": 1, "template": {"spec": {
             "template": {"spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}}}}]}
     });
-    let out = cluster.kubectl(
-        &[
-            "create",
-            "--dry-run=server",
-            "-n",
-            "default",
-            "-f",
-            "-",
-            "-o",
-            "json",
-        ],
-        Some(&probe.to_string()),
-    );
-    (
-        serde_json::from_slice(&out.stdout).unwrap_or_default(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cluster.dry_run_create("default", &probe)
 }
 
 /// Whether the API server mutates an opted-in dry run and denies one with an invalid

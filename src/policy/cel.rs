@@ -304,10 +304,19 @@ pub struct Constants {
     pub no_such_preset: String,
 }
 
-/// The variables both policies share: the object's annotations, per replicated job its name,
-/// annotations, preset and whether it is considered at all, and the list of problems
-/// (`mutate_jobset`'s denials, in its order).
-pub fn validation_variables(c: &Constants) -> Vec<Variable> {
+/// Every variable of both policies, in dependency order. Both need all of them: the
+/// validating policy works out the containers the mutating one would change, to refuse a
+/// JobSet over the webhook's limit (the mutating policy leaves those unchanged, and cannot
+/// deny). The API server evaluates a variable only when an expression uses it.
+pub fn variables(c: &Constants) -> Vec<Variable> {
+    let mut vars = annotation_variables(c);
+    vars.extend(rule_variables(c));
+    vars
+}
+
+/// The object's annotations, per replicated job its name, annotations, preset and whether it
+/// is considered at all, and the list of problems (`mutate_jobset`'s denials, in its order).
+fn annotation_variables(c: &Constants) -> Vec<Variable> {
     let rjob_scope = format!(
         "'replicated job ' + {} + ': '",
         quote("variables.rjNames[i]")
@@ -388,9 +397,25 @@ pub fn validation_variables(c: &Constants) -> Vec<Variable> {
     ]
 }
 
-/// The variables only the mutating policy needs: the resolved rule per replicated job
-/// (`policy::resolve`) and the planned changes (`plan_pod_spec`).
-pub fn mutation_variables(c: &Constants) -> Vec<Variable> {
+/// `plan_pod_spec`'s loop over one list of replicated job `i`'s pod spec `ps`: an entry for
+/// each container `c` (named `name`) for which `carries` holds once this review is applied,
+/// with the fields `set` says to add (`both`, `rules` or `none`) and its summary text.
+fn container_entries(list: &str, guard: &str, carries: &str, set: &str) -> String {
+    format!(
+        "{guard}has(ps.{list}) ? lists.range(size(ps.{list})).map(j, [ps.{list}[j]].map(c, \
+           [has(c.name) ? c.name : ''].map(name, {carries} \
+             ? [{{'i': string(i), \
+                 'path': '/spec/replicatedJobs/' + string(i) + '/template/spec/template/spec/{list}/' + string(j), \
+                 'set': {set}, \
+                 'text': variables.rjNames[i] + '/' + name + '=' + variables.actions[i] + ':' + \
+                   variables.ops[i] + '(' + variables.compacts[i] + ')'}}] \
+             : [])[0])[0]).flatten() : []"
+    )
+}
+
+/// The resolved rule per replicated job (`policy::resolve`) and the planned changes
+/// (`plan_pod_spec`).
+fn rule_variables(c: &Constants) -> Vec<Variable> {
     let n = "lists.range(size(variables.rjobs))";
     // The explicit layers then the cluster defaults, highest first.
     let with_defaults = "(variables.layers[i] + [dyn(variables.defaults)])";
@@ -400,34 +425,29 @@ pub fn mutation_variables(c: &Constants) -> Vec<Variable> {
             k = lit(key)
         )
     };
-    let same_rules = "size(r) == 1 && has(r[0].action) && r[0].action == variables.actions[i] && \
-         has(r[0].exitCodes) && has(r[0].exitCodes.operator) && r[0].exitCodes.operator == variables.ops[i] && \
-         has(r[0].exitCodes.values) && r[0].exitCodes.values == variables.codes[i]";
-    let rjob_prefix = "variables.rjNames[i] + '/'";
-    let rule_text =
-        "'=' + variables.actions[i] + ':' + variables.ops[i] + '(' + variables.compacts[i] + ')'";
-    let base = "'/spec/replicatedJobs/' + string(i) + '/template/spec/template/spec'";
-    let containers = format!(
-        "has(ps.containers) ? {n_c}.map(j, [ps.containers[j]].map(c, \
-           [has(c.name) ? c.name : ''].map(name, \
-             (!variables.hasNames[i] || name in variables.names[i]) && \
+    let same_rules = "[c.restartPolicyRules].map(r, size(r) == 1 && has(r[0].action) && \
+         r[0].action == variables.actions[i] && has(r[0].exitCodes) && \
+         has(r[0].exitCodes.operator) && r[0].exitCodes.operator == variables.ops[i] && \
+         has(r[0].exitCodes.values) && r[0].exitCodes.values == variables.codes[i])[0]";
+    let containers = container_entries(
+        "containers",
+        "",
+        &format!(
+            "(!variables.hasNames[i] || name in variables.names[i]) && \
              ((!has(c.restartPolicy) && !has(c.restartPolicyRules)) || \
               (has(c.restartPolicy) && c.restartPolicy == 'Never' && has(c.restartPolicyRules) && \
-               [c.restartPolicyRules].map(r, {same_rules})[0])) \
-             ? [{{'i': string(i), 'path': {base} + '/containers/' + string(j), \
-                 'set': !has(c.restartPolicy) ? 'both' : 'none', \
-                 'text': {rjob_prefix} + name + {rule_text}}}] : [])[0])[0]).flatten() : []",
-        n_c = "lists.range(size(ps.containers))",
+               {same_rules}))"
+        ),
+        "!has(c.restartPolicy) ? 'both' : 'none'",
     );
-    let sidecars = format!(
-        "variables.hasNames[i] && has(ps.initContainers) ? {n_c}.map(j, [ps.initContainers[j]].map(c, \
-           [has(c.name) ? c.name : ''].map(name, \
-             name in variables.names[i] && has(c.restartPolicy) && c.restartPolicy == 'Always' && \
-             (!has(c.restartPolicyRules) || [c.restartPolicyRules].map(r, {same_rules})[0]) \
-             ? [{{'i': string(i), 'path': {base} + '/initContainers/' + string(j), \
-                 'set': !has(c.restartPolicyRules) ? 'rules' : 'none', \
-                 'text': {rjob_prefix} + name + {rule_text}}}] : [])[0])[0]).flatten() : []",
-        n_c = "lists.range(size(ps.initContainers))",
+    let sidecars = container_entries(
+        "initContainers",
+        "variables.hasNames[i] && ",
+        &format!(
+            "name in variables.names[i] && has(c.restartPolicy) && c.restartPolicy == 'Always' && \
+             (!has(c.restartPolicyRules) || {same_rules})"
+        ),
+        "!has(c.restartPolicyRules) ? 'rules' : 'none'",
     );
     vec![
         var("defaults", c.defaults.clone()),
@@ -610,59 +630,6 @@ pub fn mutation_patch() -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn literals_escape_quotes_and_backslashes() {
-        assert_eq!(lit("it's"), r"'it\'s'");
-        assert_eq!(lit(r"a\b"), r"'a\\b'");
-        assert_eq!(lit("a\nb"), r"'a\nb'");
-    }
-
-    #[test]
-    fn parentheses_balance_in_every_expression() {
-        let c = Constants {
-            presets: "{}".to_owned(),
-            defaults: "{}".to_owned(),
-            default_in_place: "disabled",
-            no_such_preset: "x".to_owned(),
-        };
-        let all: Vec<String> = validation_variables(&c)
-            .into_iter()
-            .chain(mutation_variables(&c))
-            .map(|v| v.expression)
-            .chain([mutation_patch()])
-            .collect();
-        for e in all {
-            let mut depth: i64 = 0;
-            let mut in_str = false;
-            let mut escaped = false;
-            for ch in e.chars() {
-                if in_str {
-                    match (escaped, ch) {
-                        (true, _) => escaped = false,
-                        (false, '\\') => escaped = true,
-                        (false, '\'') => in_str = false,
-                        _ => {}
-                    }
-                    continue;
-                }
-                match ch {
-                    '\'' => in_str = true,
-                    '(' | '[' | '{' => depth += 1,
-                    ')' | ']' | '}' => depth -= 1,
-                    _ => {}
-                }
-                assert!(depth >= 0, "unbalanced: {e}");
-            }
-            assert_eq!(depth, 0, "unbalanced: {e}");
-            assert!(!in_str, "unterminated string: {e}");
-        }
-    }
-}
-
 /// Lays a generated expression out on lines of about [`LINE_WIDTH`] characters, breaking
 /// before `?`, `:`, `&&`, `||`, `+` and after `,` once a line is long, and indenting by
 /// bracket depth, so that the printed YAML (a block scalar per expression) can be read.
@@ -723,8 +690,55 @@ pub fn layout(expr: &str) -> String {
 }
 
 #[cfg(test)]
-mod layout_tests {
-    use super::layout;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_escape_quotes_and_backslashes() {
+        assert_eq!(lit("it's"), r"'it\'s'");
+        assert_eq!(lit(r"a\b"), r"'a\\b'");
+        assert_eq!(lit("a\nb"), r"'a\nb'");
+    }
+
+    #[test]
+    fn parentheses_balance_in_every_expression() {
+        let c = Constants {
+            presets: "{}".to_owned(),
+            defaults: "{}".to_owned(),
+            default_in_place: "disabled",
+            no_such_preset: "x".to_owned(),
+        };
+        let all: Vec<String> = variables(&c)
+            .into_iter()
+            .map(|v| v.expression)
+            .chain([mutation_patch()])
+            .collect();
+        for e in all {
+            let mut depth: i64 = 0;
+            let mut in_str = false;
+            let mut escaped = false;
+            for ch in e.chars() {
+                if in_str {
+                    match (escaped, ch) {
+                        (true, _) => escaped = false,
+                        (false, '\\') => escaped = true,
+                        (false, '\'') => in_str = false,
+                        _ => {}
+                    }
+                    continue;
+                }
+                match ch {
+                    '\'' => in_str = true,
+                    '(' | '[' | '{' => depth += 1,
+                    ')' | ']' | '}' => depth -= 1,
+                    _ => {}
+                }
+                assert!(depth >= 0, "unbalanced: {e}");
+            }
+            assert_eq!(depth, 0, "unbalanced: {e}");
+            assert!(!in_str, "unterminated string: {e}");
+        }
+    }
 
     #[test]
     fn only_whitespace_outside_strings_changes() {

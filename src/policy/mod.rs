@@ -82,11 +82,7 @@ pub fn generate(config: &Config) -> Vec<Document> {
         }]},
     });
     let labels = json!({"app.kubernetes.io/name": "jobset-restart-webhook"});
-    // Both policies need every variable: the validating one works out the containers the
-    // mutating one would change, to refuse a JobSet over the webhook's limit (the mutating
-    // policy leaves those unchanged, and cannot deny).
-    let mut vars = cel::validation_variables(&constants);
-    vars.extend(cel::mutation_variables(&constants));
+    let vars = cel::variables(&constants);
 
     let mut docs = vec![
         Document {

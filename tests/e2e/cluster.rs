@@ -638,27 +638,11 @@ impl Cluster {
                     "spec": {"replicatedJobs": [{"name": "r", "replicas": 1, "template": {"spec": {
                         "template": {"spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}}}}]}
                 });
-                let out = self.kubectl(
-                    &[
-                        "create",
-                        "--dry-run=server",
-                        "-n",
-                        "default",
-                        "-f",
-                        "-",
-                        "-o",
-                        "json",
-                    ],
-                    Some(&probe.to_string()),
-                );
-                let stored: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                let (stored, stderr) = self.dry_run_create("default", &probe);
                 if stored.pointer("/spec/successPolicy/operator") == Some(&json!("All")) {
                     Ok(())
                 } else {
-                    Err(format!(
-                        "not defaulted yet: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    ))
+                    Err(format!("not defaulted yet: {}", stderr.trim()))
                 }
             },
         );
@@ -700,6 +684,28 @@ impl Cluster {
             let _ = w.join();
         }
         out
+    }
+
+    /// A server-side dry-run create of `object` in `namespace`: what the API server would
+    /// store (`Null` when it refuses) and kubectl's stderr (the refusal, warnings).
+    pub fn dry_run_create(&self, namespace: &str, object: &Value) -> (Value, String) {
+        let out = self.kubectl(
+            &[
+                "create",
+                "--dry-run=server",
+                "-n",
+                namespace,
+                "-f",
+                "-",
+                "-o",
+                "json",
+            ],
+            Some(&object.to_string()),
+        );
+        (
+            serde_json::from_slice(&out.stdout).unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// [`Cluster::kubectl`] that must succeed; returns stdout.

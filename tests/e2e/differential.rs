@@ -350,9 +350,10 @@ fn differences(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
     }
 }
 
-fn generated_policy(config: &str) -> Value {
+/// The stdout of `jobset-restart-webhook policy --config CONFIG -o OUTPUT`, which must succeed.
+fn generated_policy(config: &str, output: &str) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobset-restart-webhook"))
-        .args(["policy", "-o", "json", "--config"])
+        .args(["policy", "-o", output, "--config"])
         .arg(repo_root().join(config))
         .output()
         .expect("running jobset-restart-webhook policy");
@@ -361,7 +362,7 @@ fn generated_policy(config: &str) -> Value {
         "policy failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("policy -o json prints JSON")
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Adds `ENGINE_LABEL=engine` to a namespace selector.
@@ -450,20 +451,8 @@ fn engines<'c>(
 
     // The YAML output as a user applies it (comments and all); a server-side dry run, so that
     // the objects below, renamed and scoped, are the ones that act.
-    let yaml = std::process::Command::new(env!("CARGO_BIN_EXE_jobset-restart-webhook"))
-        .args(["policy", "--config"])
-        .arg(repo_root().join(config))
-        .output()
-        .expect("running jobset-restart-webhook policy");
-    assert!(
-        yaml.status.success(),
-        "policy failed: {}",
-        String::from_utf8_lossy(&yaml.stderr)
-    );
-    let dry = c.kubectl(
-        &["apply", "--dry-run=server", "-f", "-"],
-        Some(&String::from_utf8_lossy(&yaml.stdout)),
-    );
+    let yaml = generated_policy(config, "yaml");
+    let dry = c.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&yaml));
     assert!(
         dry.status.success(),
         "the API server refused the YAML output of policy --config {config}: {}",
@@ -471,7 +460,8 @@ fn engines<'c>(
     );
 
     // The generated policies, as printed (renamed per config), bound only to its namespaces.
-    let mut policy = generated_policy(config);
+    let mut policy: Value = serde_json::from_str(&generated_policy(config, "json"))
+        .expect("policy -o json prints JSON");
     let items = policy["items"]
         .as_array_mut()
         .expect("policy prints a List");

@@ -233,20 +233,7 @@ pub fn dry_run_probe(cluster: &Cluster, namespace: &str) -> Value {
         "spec": {"replicatedJobs": [{"name": "r", "replicas": 1, "template": {"spec": {
             "template": {"spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}}}}]}
     });
-    let out = cluster.kubectl(
-        &[
-            "create",
-            "--dry-run=server",
-            "-n",
-            namespace,
-            "-f",
-            "-",
-            "-o",
-            "json",
-        ],
-        Some(&probe.to_string()),
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_default()
+    cluster.dry_run_create(namespace, &probe).0
 }
 
 fn json_lines(text: &str) -> Vec<Value> {

@@ -80,6 +80,14 @@ async fn tls(w: &Webhook, certs: &Certs) -> tokio_rustls::client::TlsStream<TcpS
     raw_tls(w.tls, &certs.ca, &[b"http/1.1"]).await
 }
 
+/// An opted-in review on a new connection gets a patch that applies (review uid `uid`).
+async fn still_serves(w: &Webhook, certs: &Certs, uid: &str) {
+    let js = jobset(&[(IN_PLACE, "enabled")]);
+    let body = body_of(&review(uid, "CREATE", &js));
+    let a = answer(&send(w, certs, &post_bytes(&body)).await, uid);
+    apply_patch(response(&a, uid), &js);
+}
+
 async fn send(w: &Webhook, certs: &Certs, bytes: &[u8]) -> Reply {
     let mut s = tls(w, certs).await;
     exchange(&mut s, bytes).await
@@ -555,18 +563,7 @@ async fn wide_jobsets_are_refused_with_a_bounded_answer() {
             after.hwm_kib < idle.hwm_kib + MAX_GROWTH_MIB * 1024,
             "peak memory {after} (idle {idle})"
         );
-        // Still serving.
-        let js = jobset(&[(IN_PLACE, "enabled")]);
-        let a = answer(
-            &send(
-                &w,
-                &certs,
-                &post_bytes(&body_of(&review("after", "CREATE", &js))),
-            )
-            .await,
-            "after",
-        );
-        apply_patch(response(&a, "after"), &js);
+        still_serves(&w, &certs, "after").await;
     })
     .await;
 }
@@ -752,18 +749,8 @@ async fn stalled_heads_hold_bounded_memory() {
             after.hwm_kib < idle.hwm_kib + MAX_GROWTH_MIB * 1024,
             "peak memory {after} (idle {idle})"
         );
-        // Still serving, on the last connection the cap allows.
-        let js = jobset(&[(IN_PLACE, "enabled")]);
-        let a = answer(
-            &send(
-                &w,
-                &certs,
-                &post_bytes(&body_of(&review("beside", "CREATE", &js))),
-            )
-            .await,
-            "beside the stalled heads",
-        );
-        apply_patch(response(&a, "beside"), &js);
+        // On the last connection the cap allows.
+        still_serves(&w, &certs, "beside").await;
         drop((answered, held));
     })
     .await;

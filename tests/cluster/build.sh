@@ -17,6 +17,11 @@
 #       <dir>/config/components/crd/bases/jobset.x-k8s.io_jobsets.yaml.
 #   tests/cluster/build.sh --print-key
 #       Prints the cache key only.
+#   tests/cluster/build.sh --module NAME
+#       Builds a tool that lives in its own Go module, tests/cluster/NAME/ (go.mod, go.sum and a
+#       file `binaries` with one `BINARY PACKAGE` line each), so that its dependency versions
+#       never move the control plane's. Output: <repo>/.cache/NAME/<key>, printed on stdout as
+#       above; <key> hashes that folder's go.mod, go.sum, binaries and *.go files.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -117,14 +122,25 @@ print_module_dir() {
 
 # --- cache key --------------------------------------------------------------------------
 
+mod_dir="$here"
 cache_key() {
     {
         echo "recipe=$RECIPE go=$go_version goexperiment=${GOEXPERIMENT:-} goos=$(go env GOOS) goarch=$(go env GOARCH)"
-        cat "$here/go.mod" "$here/go.sum" "$here/cmd/etcd/main.go"
+        if [[ "$mod_dir" == "$here" ]]; then
+            cat "$here/go.mod" "$here/go.sum" "$here/cmd/etcd/main.go"
+        else
+            cat "$mod_dir/go.mod" "$mod_dir/go.sum" "$mod_dir/binaries"
+            find "$mod_dir" -name '*.go' -type f | LC_ALL=C sort | xargs cat
+        fi
     } | sha256sum | cut -c1-16
 }
 
+module=""
 case "${1:-}" in
+--module)
+    [[ $# -eq 2 && "$2" =~ ^[a-z0-9-]+$ ]] || die "usage: $0 --module NAME (a folder of tests/cluster, lowercase letters, digits, '-')"
+    module="$2"
+    ;;
 --print-module-dir)
     [[ $# -eq 2 ]] || die "usage: $0 --print-module-dir MODULE@VERSION"
     print_module_dir "$2"
@@ -142,10 +158,25 @@ case "${1:-}" in
 *) die "unknown argument '$1' (try --help)" ;;
 esac
 
-[[ -f "$here/go.mod" && -f "$here/go.sum" ]] || die "go.mod/go.sum missing in $here"
+if [[ -n "$module" ]]; then
+    mod_dir="$here/$module"
+    [[ -f "$mod_dir/binaries" ]] || die "$mod_dir/binaries is missing (one 'BINARY PACKAGE' line per program)"
+    names=()
+    while read -r n p _; do
+        [[ -z "$n" || "$n" == \#* ]] && continue
+        [[ -n "$p" ]] || die "$mod_dir/binaries: '$n' has no package"
+        names+=("$n")
+    done <"$mod_dir/binaries"
+    [[ ${#names[@]} -gt 0 ]] || die "$mod_dir/binaries lists no binary"
+fi
+[[ -f "$mod_dir/go.mod" && -f "$mod_dir/go.sum" ]] || die "go.mod/go.sum missing in $mod_dir"
 
 key="$(cache_key)"
-bin="${CONTROL_PLANE_BIN:-$repo/.cache/control-plane/$key}"
+if [[ -n "$module" ]]; then
+    bin="$repo/.cache/$module/$key"
+else
+    bin="${CONTROL_PLANE_BIN:-$repo/.cache/control-plane/$key}"
+fi
 if all_present "$bin"; then
     log "reused the cache: all ${#names[@]} binaries are already in $bin"
     echo "$bin"
@@ -165,9 +196,13 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 # Version stamps (what `kubectl version` and the /version endpoint report).
-module_version() { (cd "$here" && go list -m -f '{{.Version}}' "$1"); }
-k8s_version="$(module_version k8s.io/kubernetes)" || die "cannot resolve k8s.io/kubernetes in go.mod"
-jobset_version="$(module_version sigs.k8s.io/jobset)" || die "cannot resolve sigs.k8s.io/jobset in go.mod"
+module_version() { (cd "$mod_dir" && go list -m -f '{{.Version}}' "$1"); }
+if [[ -z "$module" ]]; then
+    k8s_version="$(module_version k8s.io/kubernetes)" || die "cannot resolve k8s.io/kubernetes in go.mod"
+    jobset_version="$(module_version sigs.k8s.io/jobset)" || die "cannot resolve sigs.k8s.io/jobset in go.mod"
+else
+    k8s_version=none jobset_version=none
+fi
 k8s_minor="${k8s_version#v1.}"
 k8s_minor="${k8s_minor%%.*}"
 build_date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -179,6 +214,10 @@ done
 jobset_ldflags="-s -w -X sigs.k8s.io/jobset/pkg/version.GitVersion=$jobset_version"
 
 package_of() {
+    if [[ -n "$module" ]]; then
+        awk -v n="$1" '$1 == n { print $2; exit }' "$mod_dir/binaries"
+        return
+    fi
     case "$1" in
     kube-apiserver) echo k8s.io/kubernetes/cmd/kube-apiserver ;;
     kube-controller-manager) echo k8s.io/kubernetes/cmd/kube-controller-manager ;;
@@ -188,6 +227,7 @@ package_of() {
     esac
 }
 ldflags_of() {
+    [[ -z "$module" ]] || { echo "-s -w"; return; }
     case "$1" in
     kube-apiserver | kube-controller-manager | kubectl) echo "$kube_ldflags" ;;
     jobset-controller) echo "$jobset_ldflags" ;;
@@ -206,7 +246,7 @@ for n in "${names[@]}"; do
     pkg="$(package_of "$n")"
     start=$SECONDS
     log "$n: go build $pkg ..."
-    if ! (cd "$here" && go build -o "$bin/.$n.tmp" -ldflags "$(ldflags_of "$n")" "$pkg"); then
+    if ! (cd "$mod_dir" && go build -o "$bin/.$n.tmp" -ldflags "$(ldflags_of "$n")" "$pkg"); then
         rm -f "$bin/.$n.tmp"
         die "go build of $n ($pkg) failed; see the compiler output above"
     fi

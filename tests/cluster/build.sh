@@ -19,7 +19,8 @@
 #       Prints the cache key only.
 #   tests/cluster/build.sh --module NAME
 #       Builds a tool that lives in its own Go module, tests/cluster/NAME/ (go.mod, go.sum and a
-#       file `binaries` with one `BINARY PACKAGE` line each), so that its dependency versions
+#       file `binaries` with one `BINARY PACKAGE [TAGS]` line each, TAGS a comma-separated
+#       list of Go build tags), so that its dependency versions
 #       never move the control plane's. Output: <repo>/.cache/NAME/<key>, printed on stdout as
 #       above; <key> hashes that folder's go.mod, go.sum, binaries and *.go files.
 set -euo pipefail
@@ -226,6 +227,10 @@ package_of() {
     jobset-controller) echo sigs.k8s.io/jobset ;;
     esac
 }
+tags_of() {
+    [[ -n "$module" ]] || return 0
+    awk -v n="$1" '$1 == n { print $3; exit }' "$mod_dir/binaries"
+}
 ldflags_of() {
     [[ -z "$module" ]] || { echo "-s -w"; return; }
     case "$1" in
@@ -246,7 +251,7 @@ for n in "${names[@]}"; do
     pkg="$(package_of "$n")"
     start=$SECONDS
     log "$n: go build $pkg ..."
-    if ! (cd "$mod_dir" && go build -o "$bin/.$n.tmp" -ldflags "$(ldflags_of "$n")" "$pkg"); then
+    if ! (cd "$mod_dir" && go build -o "$bin/.$n.tmp" -tags "$(tags_of "$n")" -ldflags "$(ldflags_of "$n")" "$pkg"); then
         rm -f "$bin/.$n.tmp"
         die "go build of $n ($pkg) failed; see the compiler output above"
     fi

@@ -26,6 +26,7 @@ mod gates;
 mod manifests;
 mod old_crd;
 mod ordering;
+mod writers;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;

@@ -60,6 +60,11 @@ fn assert_jobs_keep_rules(c: &Cluster, ns: &str, name: &str) {
     }
 }
 
+/// The stored JobSet with its `managedFields` (kubectl hides them by default).
+fn with_managed_fields(c: &Cluster, ns: &str, name: &str) -> Value {
+    c.get_json(&["jobset", name, "-n", ns, "--show-managed-fields"])
+}
+
 /// Which Apply managers own the container's `restartPolicyRules` in `managedFields`.
 fn rule_owners(stored: &Value) -> Vec<String> {
     stored["metadata"]["managedFields"]
@@ -91,11 +96,16 @@ fn server_side_apply_again_and_with_another_manager_keeps_the_rules() {
     let apply = ["apply", "--server-side", "-n", &ns, "-f", "-"];
 
     kubectl_in(c, &apply, &manifest);
-    let first = c.jobset(&ns, "ssa");
+    let first = with_managed_fields(c, &ns, "ssa");
     assert_keeps_rules(&first, "first apply");
-    // The webhook's additions are recorded under the applier: the next apply of a manifest
-    // without them removes them, which is what UPDATE handling restores.
-    assert_eq!(rule_owners(&first), ["kubectl/Apply"], "{first:#}");
+    // Kubernetes 1.36 attributes fields that mutating admission adds during an apply to no
+    // manager, so a later apply of the same manifest does not remove them.
+    assert_eq!(
+        rule_owners(&first),
+        Vec::<String>::new(),
+        "{:#}",
+        first["metadata"]["managedFields"]
+    );
     // Running: JobSet now refuses changes to the pod templates.
     assert_jobs_keep_rules(c, &ns, "ssa");
 
@@ -106,12 +116,16 @@ fn server_side_apply_again_and_with_another_manager_keeps_the_rules() {
         second["metadata"]["generation"], first["metadata"]["generation"],
         "re-applying the same manifest must not change the spec: {stderr}"
     );
-    let reviews = s.webhook.reviews(&ns, "ssa");
+    // The apply reached the webhook as an UPDATE that dropped nothing: an empty answer.
+    let updates: Vec<Value> = s
+        .webhook
+        .reviews(&ns, "ssa")
+        .into_iter()
+        .filter(|r| r["operation"] == "UPDATE")
+        .collect();
     assert!(
-        reviews
-            .iter()
-            .any(|r| r["operation"] == "UPDATE" && r["patch_ops"].as_i64() > Some(0)),
-        "the second apply dropped our fields and the webhook restored them: {reviews:#?}"
+        !updates.is_empty() && updates.iter().all(|r| r["patch_ops"] == 0),
+        "{updates:#?}"
     );
 
     let forced = [
@@ -125,7 +139,7 @@ fn server_side_apply_again_and_with_another_manager_keeps_the_rules() {
         "-",
     ];
     kubectl_in(c, &forced, &manifest);
-    let third = c.jobset(&ns, "ssa");
+    let third = with_managed_fields(c, &ns, "ssa");
     assert_keeps_rules(&third, "apply by another manager");
     assert_eq!(
         third["metadata"]["generation"],
@@ -148,10 +162,7 @@ fn server_side_apply_again_and_with_another_manager_keeps_the_rules() {
             && managers.contains(&"gitops/Apply".to_owned()),
         "{managers:?}"
     );
-    // Both appliers now co-own the restored fields; either applying alone keeps them.
-    let mut owners = rule_owners(&third);
-    owners.sort();
-    assert_eq!(owners, ["gitops/Apply", "kubectl/Apply"], "{third:#}");
+    assert_eq!(rule_owners(&third), Vec::<String>::new(), "{third:#}");
     assert_jobs_keep_rules(c, &ns, "ssa");
 }
 
@@ -161,13 +172,32 @@ fn client_side_apply_twice_and_replace_keep_the_rules() {
     let s = shared();
     let c = &s.cluster;
     let ns = c.namespace("csa", &[]);
-    let manifest = opted_in("csa");
+
+    // A bare manifest cannot be applied twice client-side or replaced, with or without us:
+    // for custom resources kubectl sends a JSON merge patch, which replaces the whole
+    // replicatedJobs list, and JobSet's defaults (set on CREATE only) go with it.
+    let bare = training_jobset("bare", &[]);
+    kubectl_in(c, &["apply", "-n", &ns, "-f", "-"], &bare);
+    let out = c.kubectl(&["apply", "-n", &ns, "-f", "-"], Some(&bare.to_string()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("field is immutable"),
+        "JobSet refuses its own defaults being dropped: {stderr}"
+    );
+
+    // A manifest that spells out JobSet's defaults (as GitOps repositories often hold them)
+    // applies again and replaces cleanly; ours are what the update drops.
+    let manifest = complete_manifest(c, &ns, opted_in("csa"));
     let apply = ["apply", "-n", &ns, "-f", "-"];
     kubectl_in(c, &apply, &manifest);
     assert_keeps_rules(&c.jobset(&ns, "csa"), "first apply");
     assert_jobs_keep_rules(c, &ns, "csa");
-    kubectl_in(c, &apply, &manifest);
+    let stderr = kubectl_in(c, &apply, &manifest);
     assert_keeps_rules(&c.jobset(&ns, "csa"), "second apply");
+    assert!(
+        stderr.contains("restored as recorded in restart.jobset.dev/applied"),
+        "kubectl shows the webhook's warning: {stderr}"
+    );
 
     // `kubectl replace` sends the whole manifest: without the rules and the record.
     let generation = c.jobset(&ns, "csa")["metadata"]["generation"].clone();
@@ -179,6 +209,34 @@ fn client_side_apply_twice_and_replace_keep_the_rules() {
         stderr.contains("restored as recorded in restart.jobset.dev/applied"),
         "kubectl shows the webhook's warning: {stderr}"
     );
+}
+
+/// `manifest` with JobSet's defaults spelled out: what JobSet's defaulting makes of it
+/// without our annotations (a server dry run, which our webhook never sees), with the
+/// server's metadata removed, the annotations put back, and the pod templates'
+/// `restartPolicy` left unset as in `manifest`.
+fn complete_manifest(c: &Cluster, ns: &str, manifest: Value) -> Value {
+    let mut plain = manifest.clone();
+    if let Some(m) = plain["metadata"].as_object_mut() {
+        m.remove("annotations");
+    }
+    let (mut defaulted, stderr) = c.dry_run_create(ns, &plain);
+    assert!(defaulted.is_object(), "dry run of {plain}: {stderr}");
+    defaulted["metadata"] = manifest["metadata"].clone();
+    if let Some(m) = defaulted.as_object_mut() {
+        m.remove("status");
+    }
+    // JobSet's pod template default (OnFailure) is left out, as the user left it out.
+    for rj in defaulted["spec"]["replicatedJobs"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(pod) = rj["template"]["spec"]["template"]["spec"].as_object_mut() {
+            pod.remove("restartPolicy");
+        }
+    }
+    defaulted
 }
 
 #[test]
@@ -256,28 +314,35 @@ fn changing_the_settings_of_a_suspended_jobset_is_not_fought() {
     kubectl_in(c, &apply, &manifest);
     assert_keeps_rules(&c.jobset(&ns, "optout"), "created suspended");
 
-    // The user opts out in the manifest and re-applies: the applier's fields (ours among
-    // them) go, and the webhook does not put them back.
+    // The user opts out in the manifest and re-applies. The update changes a setting: the
+    // webhook adds and restores nothing, and says so. Our fields stay, as nobody owns them
+    // (see the server-side apply test) and JobSet forbids changing its pod templates' other
+    // fields even while suspended: opting an existing JobSet out means recreating it.
     manifest["metadata"]["annotations"]["restart.jobset.dev/in-place"] = json!("disabled");
-    let out = c.kubectl(&apply, Some(&manifest.to_string()));
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let stored = c.jobset(&ns, "optout");
-    let container = at(
-        &stored,
-        "/spec/replicatedJobs/0/template/spec/template/spec/containers/0",
+    let stderr = kubectl_in(c, &apply, &manifest);
+    assert!(
+        stderr.contains("take effect when a JobSet is created"),
+        "the webhook says why it does nothing: {stderr}"
     );
-    if out.status.success() {
-        assert!(
-            stderr.contains("take effect when a JobSet is created"),
-            "the webhook says why it restored nothing: {stderr}"
-        );
-        assert!(container.get("restartPolicyRules").is_none(), "{stored:#}");
-    } else {
-        // JobSet's own validation may refuse the template change; then nothing changed and
-        // the refusal is JobSet's, not ours.
-        assert!(!stderr.contains("restart.jobset.dev"), "{stderr}");
-        assert!(container.get("restartPolicyRules").is_some(), "{stored:#}");
-    }
+    let stored = c.jobset(&ns, "optout");
+    assert_eq!(
+        at(
+            &stored,
+            "/metadata/annotations/restart.jobset.dev~1in-place"
+        ),
+        "disabled"
+    );
+    assert_keeps_rules(&stored, "opted out by re-apply");
+    let updates: Vec<Value> = s
+        .webhook
+        .reviews(&ns, "optout")
+        .into_iter()
+        .filter(|r| r["operation"] == "UPDATE")
+        .collect();
+    assert!(
+        !updates.is_empty() && updates.iter().all(|r| r["patch_ops"] == 0),
+        "{updates:#?}"
+    );
 
     // An invalid value in an update is refused with the same text as on CREATE.
     manifest["metadata"]["annotations"]["restart.jobset.dev/in-place"] = json!("maybe");

@@ -465,58 +465,79 @@ struct NamedList<'a> {
 /// A container name that exists in none of the replicated jobs its list applies to is a typo
 /// (`trainr`): refused, as an unknown replicated job is, instead of admitting a JobSet that
 /// asked for in-place restarts and gets none. A name missing from only some of them is a
-/// warning (`plan_pod_spec`). The first bad name, in replicated-job and list order.
+/// warning (`plan_pod_spec`). Lists written by the admin (a preset, the cluster config) serve
+/// many workloads and often name a superset (`trainer,main,worker`): they are refused only
+/// when none of their names is there. The first problem, in replicated-job and list order.
 fn check_container_names(lists: &[NamedList<'_>]) -> Result<(), Denial> {
-    for list in lists {
-        for name in &list.names {
-            let users = || lists.iter().filter(|l| l.names.contains(name));
-            if users().any(|l| l.present.contains(name)) {
-                continue;
+    let existing_in = |users: &mut dyn Iterator<Item = &NamedList<'_>>| -> String {
+        let mut existing: Vec<&str> = Vec::new();
+        for p in users.flat_map(|l| &l.present) {
+            if !existing.contains(&p.as_str()) {
+                existing.push(p);
             }
-            let mut existing: Vec<&str> = Vec::new();
-            for p in users().flat_map(|l| &l.present) {
-                if !existing.contains(&p.as_str()) {
-                    existing.push(p);
-                }
-            }
-            let problem = format!(
-                "no container or sidecar {} in the replicated jobs it applies to; {}",
-                quote(name),
-                if existing.is_empty() {
-                    "they have none".to_owned()
-                } else {
-                    format!("they have: {}", existing.join(", "))
-                }
-            );
-            let value = list.names.join(",");
-            return Err(match &list.from {
-                ContainersFrom::ReplicatedJob => AnnotationError::new(
-                    &Scope::ReplicatedJob(list.rjob.to_owned()),
-                    annotations::CONTAINERS,
-                    &value,
-                    problem,
-                )
-                .into(),
-                ContainersFrom::Preset { name, scope } => AnnotationError::new(
-                    scope,
-                    annotations::PRESET,
-                    name,
-                    format!("its containers {}: {problem}", quote(&value)),
-                )
-                .into(),
-                ContainersFrom::Config => Denial {
-                    code: 422,
-                    message: format!(
-                        "the cluster config's defaults.containers {}: {problem}",
-                        quote(&value)
-                    ),
-                },
-                ContainersFrom::JobSet | ContainersFrom::Nowhere => {
-                    AnnotationError::new(&Scope::JobSet, annotations::CONTAINERS, &value, problem)
-                        .into()
-                }
-            });
         }
+        if existing.is_empty() {
+            "they have none".to_owned()
+        } else {
+            format!("they have: {}", existing.join(", "))
+        }
+    };
+    for list in lists {
+        let value = list.names.join(",");
+        let problem = match &list.from {
+            ContainersFrom::Preset { .. } | ContainersFrom::Config => {
+                let users = || lists.iter().filter(|l| l.names == list.names);
+                if users().any(|l| l.names.iter().any(|n| l.present.contains(n))) {
+                    continue;
+                }
+                format!(
+                    "none of these containers or sidecars is in the replicated jobs it applies \
+                     to; {}",
+                    existing_in(&mut users())
+                )
+            }
+            _ => {
+                let Some(name) = list.names.iter().find(|name| {
+                    !lists
+                        .iter()
+                        .any(|l| l.names.contains(name) && l.present.contains(name))
+                }) else {
+                    continue;
+                };
+                format!(
+                    "no container or sidecar {} in the replicated jobs it applies to; {}",
+                    quote(name),
+                    existing_in(&mut lists.iter().filter(|l| l.names.contains(name)))
+                )
+            }
+        };
+        return Err(match &list.from {
+            ContainersFrom::ReplicatedJob => AnnotationError::new(
+                &Scope::ReplicatedJob(list.rjob.to_owned()),
+                annotations::CONTAINERS,
+                &value,
+                problem,
+            )
+            .into(),
+            ContainersFrom::Preset { name, scope } => AnnotationError::new(
+                scope,
+                annotations::PRESET,
+                name,
+                format!("its containers {}: {problem}", quote(&value)),
+            )
+            .into(),
+            ContainersFrom::Config => Denial {
+                code: 422,
+                message: format!(
+                    "the cluster config's defaults.containers {}: {problem}",
+                    quote(&value)
+                ),
+            },
+            ContainersFrom::JobSet | ContainersFrom::Nowhere => {
+                AnnotationError::new(&Scope::JobSet, annotations::CONTAINERS, &value, problem)
+                    .into()
+            }
+        });
     }
     Ok(())
 }
@@ -1024,8 +1045,8 @@ mod tests {
         assert_eq!(
             m.err().map(|d| d.message),
             Some(
-                "restart.jobset.dev/preset: \"p\": its containers \"nope\": no container or \
-                 sidecar \"nope\" in the replicated jobs it applies to; they have: c0"
+                "restart.jobset.dev/preset: \"p\": its containers \"nope\": none of these \
+                 containers or sidecars is in the replicated jobs it applies to; they have: c0"
                     .to_owned()
             )
         );
@@ -1035,10 +1056,22 @@ mod tests {
             m.err().map(|d| (d.code, d.message)),
             Some((
                 422,
-                "the cluster config's defaults.containers \"gone\": no container or sidecar \
-                 \"gone\" in the replicated jobs it applies to; they have: c0"
+                "the cluster config's defaults.containers \"gone\": none of these containers or \
+                 sidecars is in the replicated jobs it applies to; they have: c0"
                     .to_owned()
             ))
+        );
+    }
+
+    #[test]
+    fn an_admin_list_that_names_a_superset_is_fine() {
+        let config = Config::from_yaml("defaults: {containers: [main, c0, worker]}\n", "test")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let js = jobset(enabled(), vec![("a", containers("c", 2))]);
+        let m = mutate_jobset(&js.to_string(), &ctx(&config)).unwrap_or_else(|d| panic!("{d}"));
+        assert_eq!(
+            m.summary.as_deref(),
+            Some("a/c0=RestartAllContainers:NotIn(0)")
         );
     }
 

@@ -1,11 +1,15 @@
 //! JobSet UPDATE: keep what CREATE decided.
 //!
-//! Server-side apply records the webhook's additions under the *applier's* field manager, so
-//! re-applying a manifest that lacks them removes them; `kubectl replace` and `kubectl apply`
-//! send the manifest back without them too. JobSet refuses most changes to the pod templates
-//! of a JobSet it runs, so such an update would fail for good (or, while suspended, quietly
-//! drop the rules). The `applied` annotation of the stored object is the record of what was
-//! injected; an update that drops those fields gets them back, copied from the stored object.
+//! Clients write JobSets back without the webhook's additions: `kubectl replace` and
+//! client-side `kubectl apply` (for custom resources a JSON merge patch, which replaces the
+//! whole `replicatedJobs` list) send the manifest, and controllers built with Kubernetes types
+//! older than the fields (Kueue, Trainer and others on k8s.io/api < 0.34) drop
+//! `restartPolicyRules` (and before 0.28 the container `restartPolicy`) when they round-trip
+//! the object. (Server-side apply does not: fields added by admission are owned by no field
+//! manager, so a re-apply leaves them.) JobSet refuses changes to its pod templates, so such
+//! an update would fail for good. The `applied` annotation of the stored object is the record
+//! of what was injected; an update that drops those fields gets them back, copied from the
+//! stored object.
 //!
 //! The rules, in order:
 //! 1. If the update changes any `restart.jobset.dev/*` setting (JobSet or replicated-job
@@ -16,8 +20,8 @@
 //! 2. Else, if the stored object has no `applied` record, nothing happens: UPDATE never adds
 //!    rules the stored object did not have.
 //! 3. Else every container the record names (`rjob/container`; every container when the
-//!    record was cut) that lost both `restartPolicy` and `restartPolicyRules` (sidecars: the
-//!    rules) gets the stored values back; a recorded replicated job's pod template that lost
+//!    record was cut) that lost `restartPolicyRules`, and either lost `restartPolicy` too or
+//!    kept it as stored (sidecars: the rules), gets the stored values back; a recorded replicated job's pod template that lost
 //!    its `restartPolicy` gets the stored one; a lost `applied` annotation comes back. Fields
 //!    the update sets itself are left alone.
 //!
@@ -166,19 +170,27 @@ fn restore(new: &JobSetDoc<'_>, old: &JobSetDoc<'_>, record: &str) -> Result<Mut
         for (j, raw) in ps.containers.iter().flatten().enumerate() {
             let c = Container::read(raw, &base, "containers", j)?;
             let name = c.name.as_deref().unwrap_or_default();
-            if c.restart_policy.is_some() || c.restart_policy_rules.is_some() {
+            if c.restart_policy_rules.is_some() {
                 continue;
             }
             let Some(was) = stored.get(name).filter(|_| recorded(rjob, name)) else {
                 continue;
             };
-            if was.restart_policy_rules.is_none() && was.restart_policy.is_none() {
+            // A `restartPolicy` the update keeps as stored is not the user's change: clients
+            // built with Kubernetes types older than the rules (1.28-1.33) send it back and
+            // drop only `restartPolicyRules`.
+            if c.restart_policy.is_some() && c.restart_policy != was.restart_policy {
+                continue;
+            }
+            if was.restart_policy_rules.is_none()
+                && (was.restart_policy.is_none() || c.restart_policy.is_some())
+            {
                 continue;
             }
             let path = base
                 .with_trailing_token("containers")
                 .with_trailing_token(j);
-            if let Some(p) = &was.restart_policy {
+            if let (None, Some(p)) = (&c.restart_policy, &was.restart_policy) {
                 out.patch
                     .add_under(&path, "restartPolicy", Arc::new(json!(p)));
             }
@@ -353,6 +365,24 @@ mod tests {
         );
         assert_eq!(spec["restartPolicy"], json!("Never"));
         assert!(out["metadata"]["annotations"].get(APPLIED).is_some());
+    }
+
+    #[test]
+    fn a_client_with_older_types_keeps_restart_policy_and_drops_the_rules() {
+        let old = stored(&Config::default());
+        let mut new = old.clone();
+        let trainer = &mut new["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+            ["spec"]["containers"][0];
+        if let Some(c) = trainer.as_object_mut() {
+            c.remove("restartPolicyRules");
+        }
+        let m = update(&new, &old).unwrap_or_else(|d| panic!("{d}"));
+        assert_eq!(m.patch.len(), 1, "{:?}", m.patch);
+        assert_eq!(applied(&m, &new), old);
+        // A different restartPolicy is the user's own: left alone.
+        new["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]
+            ["restartPolicy"] = json!("Always");
+        assert_eq!(update(&new, &old), Ok(Mutation::default()));
     }
 
     #[test]

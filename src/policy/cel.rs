@@ -600,7 +600,6 @@ fn rule_variables(c: &Constants) -> Vec<Variable> {
             "recordCut",
             "variables.record.split(', ').exists(e, e.startsWith('... and '))".to_owned(),
         ),
-        var("restore", restore()),
         // Every denial, in `mutate_jobset`'s order.
         var(
             "denials",
@@ -629,8 +628,10 @@ fn settings_changed() -> String {
     format!("{} != {}", ours("object"), ours("oldObject"))
 }
 
-/// `update::restore`: for each replicated job the record names (all when it was cut), the
-/// stored values of recorded containers that lost both fields, of recorded sidecars that lost
+/// `update::restore` (part of the mutation: `JSONPatch` values exist only there): for each
+/// replicated job the record names (all when it was cut), the
+/// stored values of recorded containers that lost their rules (and `restartPolicy`, or kept
+/// it as stored), of recorded sidecars that lost
 /// their rules, and of the pod template's lost `restartPolicy`; then the lost record.
 fn restore() -> String {
     let stored = |list: &str| {
@@ -644,9 +645,10 @@ fn restore() -> String {
     let containers = format!(
         "(has(ps.containers) ? lists.range(size(ps.containers)).map(j, [ps.containers[j]].map(c, \
            [has(c.name) ? c.name : ''].map(name, \
-             !has(c.restartPolicy) && !has(c.restartPolicyRules) && {recorded} \
-             ? [{was}].map(w, size(w) == 0 ? [] : \
-                 (has(w[0].restartPolicy) ? [JSONPatch{{op: 'add', path: {path} + '/containers/' + string(j) + '/restartPolicy', value: w[0].restartPolicy}}] : []) + \
+             !has(c.restartPolicyRules) && {recorded} \
+             ? [{was}].map(w, size(w) == 0 || \
+                 (has(c.restartPolicy) && !(has(w[0].restartPolicy) && w[0].restartPolicy == c.restartPolicy)) ? [] : \
+                 (!has(c.restartPolicy) && has(w[0].restartPolicy) ? [JSONPatch{{op: 'add', path: {path} + '/containers/' + string(j) + '/restartPolicy', value: w[0].restartPolicy}}] : []) + \
                  (has(w[0].restartPolicyRules) ? [JSONPatch{{op: 'add', path: {path} + '/containers/' + string(j) + '/restartPolicyRules', value: w[0].restartPolicyRules}}] : []))[0] \
              : [])[0])[0]).flatten() : [])",
         was = stored("containers"),
@@ -693,8 +695,9 @@ fn restore() -> String {
     )
 }
 
-/// `check_container_names`: a named container found in none of the replicated jobs its list
-/// applies to, blamed on the annotation, preset or config that named it.
+/// `check_container_names`: a name written on the JobSet that is found in none of the
+/// replicated jobs its list applies to, or an admin list (preset, config) none of whose names
+/// is there; blamed on the annotation, preset or config that named it.
 fn typos() -> String {
     let with_defaults = "(variables.layers[i] + [dyn(variables.defaults)])";
     let head = format!(
@@ -714,16 +717,30 @@ fn typos() -> String {
         qp = quote("variables.presetNames[i]"),
         config = lit("the cluster config's defaults.containers "),
     );
+    let they_have = |users: &str| {
+        format!(
+            "[{users}.map(j, variables.present[j]).flatten().distinct()] \
+             .map(e, size(e) == 0 ? 'they have none' : 'they have: ' + e.join(', '))[0]"
+        )
+    };
+    let admin = format!(
+        "lists.range(4).filter(k, {c} in {with_defaults}[k])[0] >= 2",
+        c = lit(CONTAINERS),
+    );
     format!(
         "!variables.hasNames.exists(h, h) ? [] : \
-         [variables.work.filter(i, variables.hasNames[i])].map(w, w.map(i, \
-           variables.names[i].filter(n, !w.exists(j, n in variables.names[j] && n in variables.present[j])) \
-           .map(n, {head} + {qv} + ': no container or sidecar ' + {qn} + \
-             ' in the replicated jobs it applies to; ' + \
-             [w.filter(j, n in variables.names[j]).map(j, variables.present[j]).flatten().distinct()] \
-             .map(e, size(e) == 0 ? 'they have none' : 'they have: ' + e.join(', '))[0])).flatten())[0]",
+         [variables.work.filter(i, variables.hasNames[i])].map(w, w.map(i, {admin} \
+           ? (w.filter(j, variables.names[j] == variables.names[i]) \
+                .exists(j, variables.names[j].exists(n, n in variables.present[j])) ? [] \
+              : [{head} + {qv} + ': none of these containers or sidecars is in the replicated jobs it applies to; ' + \
+                 {admin_have}]) \
+           : variables.names[i].filter(n, !w.exists(j, n in variables.names[j] && n in variables.present[j])) \
+             .map(n, {head} + {qv} + ': no container or sidecar ' + {qn} + \
+               ' in the replicated jobs it applies to; ' + {name_have})).flatten())[0]",
         qv = quote("variables.names[i].join(',')"),
         qn = quote("n"),
+        admin_have = they_have("w.filter(j, variables.names[j] == variables.names[i])"),
+        name_have = they_have("w.filter(j, n in variables.names[j])"),
     )
 }
 
@@ -770,7 +787,7 @@ pub fn mutation_patch() -> String {
         lit(APPLIED)
     );
     format!(
-        "request.operation == 'UPDATE' ? (variables.settingsChanged || variables.record == '' ? [] : variables.restore) : \
+        "request.operation == 'UPDATE' ? (variables.settingsChanged || variables.record == '' ? [] : {restore}) : \
          size(variables.denials) > 0 || variables.changed > {MAX_CHANGED_CONTAINERS} ? [] : \
          variables.entries.filter(e, e.set != 'none').map(e, e.set == 'both' \
            ? [JSONPatch{{op: 'add', path: e.path + '/restartPolicy', value: 'Never'}}, \
@@ -784,6 +801,7 @@ pub fn mutation_patch() -> String {
              ? [JSONPatch{{op: 'add', path: {applied_path}, value: variables.summary}}] \
              : [JSONPatch{{op: 'add', path: '/metadata/annotations', value: {{{applied}: variables.summary}}}}])",
         applied = lit(APPLIED),
+        restore = restore(),
     )
 }
 

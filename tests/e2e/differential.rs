@@ -333,6 +333,58 @@ impl Api {
     }
 }
 
+/// What a client that writes the JobSet back without our fields sends: the stored object
+/// (JobSet's defaults included) without what the engine added to `original`, and without the
+/// server's metadata (an unconditional update).
+fn without_our_fields(stored: &Value, original: &Value) -> Value {
+    let mut out = stored.clone();
+    if let Some(o) = out.as_object_mut() {
+        o.remove("status");
+    }
+    let meta = &stored["metadata"];
+    let mut annotations = meta["annotations"].clone();
+    if original["metadata"]["annotations"].get(APPLIED).is_none()
+        && let Some(a) = annotations.as_object_mut()
+    {
+        a.remove(APPLIED);
+    }
+    out["metadata"] =
+        json!({"name": meta["name"], "labels": meta["labels"], "annotations": annotations});
+    let rjobs = out["spec"]["replicatedJobs"]
+        .as_array_mut()
+        .into_iter()
+        .flatten();
+    for (i, rj) in rjobs.enumerate() {
+        let pointer = format!("/spec/replicatedJobs/{i}/template/spec/template/spec");
+        let was = original.pointer(&pointer).cloned().unwrap_or_default();
+        let Some(pod) = rj["template"]["spec"]["template"]["spec"].as_object_mut() else {
+            continue;
+        };
+        if was.get("restartPolicy").is_none() && pod.get("restartPolicy") == Some(&json!("Never")) {
+            pod.remove("restartPolicy");
+        }
+        for list in ["containers", "initContainers"] {
+            for (j, c) in pod
+                .get_mut(list)
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let before = &was[list][j];
+                if let Some(c) = c.as_object_mut() {
+                    for field in ["restartPolicy", "restartPolicyRules"] {
+                        if before.get(field).is_none() {
+                            c.remove(field);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// What the two engines did with the same requests, and where they differed.
 #[derive(Default)]
 struct Tally {
@@ -683,25 +735,49 @@ fn policy_and_webhook_store_the_same_jobsets() {
                             engines.config, w_ns.name, p_ns.name
                         );
                         let created = (api.create(w_ns, &doc), api.create(p_ns, &doc));
-                        let both_stored =
-                            matches!(created, (Outcome::Stored(_), Outcome::Stored(_)));
+                        // Each engine's stored object: its resourceVersion goes into the
+                        // updates (custom resources refuse unconditional updates).
+                        let stored = match &created {
+                            (Outcome::Stored(a), Outcome::Stored(b)) => {
+                                Some((a.clone(), b.clone()))
+                            }
+                            _ => None,
+                        };
                         tally.compare(&what, "create", created);
-                        if !both_stored {
+                        let Some((a, b)) = stored else {
                             continue;
-                        }
-                        // UPDATE 1: the manifest again, without anything either engine added
-                        // (`kubectl replace`; a server-side re-apply drops the same fields).
-                        let replaced = (api.replace(w_ns, &doc), api.replace(p_ns, &doc));
+                        };
+                        // UPDATE 1: the stored JobSet written back without anything either
+                        // engine added (`kubectl replace` or a client-side apply of a manifest
+                        // that spells out JobSet's defaults, a controller's full update).
+                        let bare = without_our_fields(&a, &doc);
+                        let at_version = |doc: &Value, of: &Value| {
+                            let mut out = doc.clone();
+                            out["metadata"]["resourceVersion"] =
+                                of["metadata"]["resourceVersion"].clone();
+                            out
+                        };
+                        let replaced = (
+                            api.replace(w_ns, &at_version(&bare, &a)),
+                            api.replace(p_ns, &at_version(&bare, &b)),
+                        );
+                        let (a, b) = match &replaced {
+                            (Outcome::Stored(x), Outcome::Stored(y)) => (x.clone(), y.clone()),
+                            _ => (a, b),
+                        };
                         tally.updates += 1;
                         tally.compare(&what, "replace", replaced);
                         // UPDATE 2: a changed setting that is invalid: refused alike.
-                        let mut changed = doc.clone();
+                        let mut changed = bare.clone();
                         set(&mut changed, "on-exit-codes", "300");
                         remove(&mut changed, "except-exit-codes");
                         tally.compare(
                             &what,
                             "changed setting",
-                            (api.replace(w_ns, &changed), api.replace(p_ns, &changed)),
+                            (
+                                api.replace(w_ns, &at_version(&changed, &a)),
+                                api.replace(p_ns, &at_version(&changed, &b)),
+                            ),
                         );
                     }
                 }

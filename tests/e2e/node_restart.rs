@@ -281,6 +281,7 @@ fn node_restart_all_containers_reruns_init_and_sidecar_and_keeps_empty_dir() {
         },
     );
     let names: Vec<&str> = lines.iter().map(|(n, _)| n.as_str()).collect();
+    eprintln!("[e2e] restart-all: start order in the emptyDir: {names:?}");
     assert_eq!(
         names.iter().filter(|n| **n == "init").count(),
         2,
@@ -315,6 +316,7 @@ fn node_restart_all_containers_reruns_init_and_sidecar_and_keeps_empty_dir() {
         pod_summary(&pods)
     );
     let pod = &pods[0];
+    eprintln!("[e2e] restart-all: final pod:{}", pod_summary(&pods));
     assert_eq!(
         uid(pod),
         uid(&first),
@@ -491,6 +493,7 @@ fn node_declared_features_follow_the_kubelet_gate() {
         },
     );
     let features = off.declared_features(c);
+    eprintln!("[e2e] declared features: default kubelet {on:?}; gate off {features:?}");
     assert!(
         !features.iter().any(|f| f == RESTART_ALL_FEATURE),
         "a kubelet with {RESTART_ALL_FEATURE}=false does not declare it: {features:?}"

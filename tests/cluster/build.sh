@@ -8,7 +8,7 @@
 #
 # Usage:
 #   tests/cluster/build.sh
-#       Builds the five binaries into ${CONTROL_PLANE_BIN:-<repo>/.cache/control-plane/<key>}
+#       Builds the seven binaries into ${CONTROL_PLANE_BIN:-<repo>/.cache/control-plane/<key>}
 #       (<key> = hash of go.mod, go.sum, cmd/etcd/main.go, the Go version and this recipe)
 #       unless they are all there already. Progress goes to stderr; stdout gets exactly one
 #       line, the bin folder:   BIN="$(tests/cluster/build.sh)"
@@ -38,7 +38,7 @@ die() {
 }
 log() { echo "build.sh: $*" >&2; }
 
-# A caller-chosen folder that already holds all five binaries needs no Go at all.
+# A caller-chosen folder that already holds all seven binaries needs no Go at all.
 names=(kube-apiserver kube-controller-manager kubectl etcd jobset-controller kube-scheduler kubelet)
 all_present() { # all_present DIR
     local n

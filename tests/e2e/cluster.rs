@@ -162,7 +162,7 @@ fn build_sh(args: &[&str]) -> String {
         out.status.success() && !stdout.trim().is_empty(),
         "the e2e tests need the control plane: `tests/cluster/build.sh{}` failed ({}).\n\
          It needs Go >= 1.26 and the Go module proxy (or CONTROL_PLANE_BIN pointing at a \
-         folder with the five binaries). Its output:\n{stderr}{stdout}",
+         folder with the seven binaries). Its output:\n{stderr}{stdout}",
         args.iter().map(|a| format!(" {a}")).collect::<String>(),
         out.status
     );

@@ -502,4 +502,37 @@ fn node_declared_features_follow_the_kubelet_gate() {
         !features.is_empty(),
         "it still declares its other features (the list is not just missing): {features:?}"
     );
+
+    // A RestartAllContainers pod pinned to that node (tolerating its taint) is not scheduled.
+    let ns = c.namespace("node-gate-off", &[]);
+    let mut container = workload_container("trainer", &["-run", "1s"]);
+    container["restartPolicy"] = json!("Never");
+    container["restartPolicyRules"] = json!([{"action": "RestartAllContainers",
+        "exitCodes": {"operator": "In", "values": [42]}}]);
+    let mut spec = node_pod_spec(json!([container]));
+    spec["nodeSelector"] = json!({"kubernetes.io/hostname": off.name});
+    spec["tolerations"] = json!([{"key": crate::node::TEST_TAINT, "operator": "Exists"}]);
+    let pod =
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pinned"}, "spec": spec});
+    crate::create_ok(c, &ns, &pod);
+    let message = wait_for("a FailedScheduling event", POD_RUNNING, || {
+        c.events(&ns, "pinned")
+            .into_iter()
+            .find(|(reason, _)| reason == "FailedScheduling")
+            .map(|(_, m)| m)
+            .ok_or_else(|| {
+                format!(
+                    "pod: {}",
+                    c.get_json(&["pod", "pinned", "-n", &ns])["status"]
+                )
+            })
+    });
+    eprintln!("[e2e] gate-off node: {message}");
+    assert!(
+        message.contains("didn't match Pod's required features"),
+        "the scheduler filtered the gate-off node on its declared features: {message}"
+    );
+    let stored = c.get_json(&["pod", "pinned", "-n", &ns]);
+    assert_eq!(stored["status"]["phase"], "Pending", "{stored:#}");
+    assert!(stored["spec"]["nodeName"].is_null(), "{stored:#}");
 }

@@ -15,9 +15,9 @@
 //! cgroup root), lazily unmounts the mounts under the node's folder, removes the node's
 //! cgroups and the folder. Nothing else on the machine is touched.
 //!
-//! Not under the folder (fixed paths in the programs): the runc shim's socket
-//! `/run/containerd/s/<hash of the node's socket path>` (removed when the shim exits), and the
-//! kernel settings every kubelet applies at start (`vm.overcommit_memory=1`,
+//! Not under the folder (fixed paths in the programs): the runc shims' sockets
+//! `/run/containerd/s/<hash>` (the shim removes its own; the cleanup removes those of the
+//! node's shims it had to kill), and the kernel settings every kubelet applies at start (`vm.overcommit_memory=1`,
 //! `kernel.panic=10`, `kernel.panic_on_oops=1`).
 
 use std::fs;
@@ -54,6 +54,22 @@ mine() { # a process this node started: its command line names the folder, or it
     grep -qF ":/$cg/" "/proc/$1/cgroup" 2>/dev/null && return 0
     grep -qE ":/$cg\$" "/proc/$1/cgroup" 2>/dev/null
 }
+# The runc shims listen on /run/containerd/s/<hash> (a fixed folder); a killed shim leaves its
+# socket behind, so note the sockets of this node's shims first and remove them afterwards.
+socks=
+for p in /proc/[0-9]*; do
+    tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -qF -- "-address $dir/" || continue
+    for f in "$p"/fd/*; do
+        l=$(readlink "$f" 2>/dev/null) || continue
+        case $l in
+        socket:*)
+            i=${l#socket:?}
+            i=${i%?}
+            socks="$socks $(awk -v i="$i" '$7 == i && index($8, "/run/containerd/s/") == 1 { print $8 }' /proc/net/unix)"
+            ;;
+        esac
+    done
+done
 for round in 1 2 3 4 5; do
     found=
     for p in /proc/[0-9]*; do
@@ -63,6 +79,7 @@ for round in 1 2 3 4 5; do
     [ -z "$found" ] && break
     sleep 0.3
 done
+for sock in $socks; do rm -f "$sock"; done
 awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
     umount -l "$m" 2>/dev/null
 done

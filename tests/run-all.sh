@@ -30,11 +30,24 @@ cargo deny check licenses bans sources
 step "fuzzing: each cargo-fuzz target briefly (nightly toolchain)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}" fuzz/run-ci.sh
 
-step "control plane (etcd, kube-apiserver, kube-controller-manager, kubectl, JobSet controller)"
+step "control plane (etcd, kube-apiserver, kube-controller-manager, kubectl, JobSet controller, kube-scheduler, kubelet)"
 t0=$(date +%s)
 CONTROL_PLANE_BIN="$(tests/cluster/build.sh)"
 export CONTROL_PLANE_BIN
 echo "control plane ready in $(( $(date +%s) - t0 ))s: $CONTROL_PLANE_BIN"
+
+step "node runtime for the node tests (Debian's runc; containerd from tests/cluster/node)"
+# The node tests (tests/e2e/node_restart.rs) run containers with runc: install the Debian
+# package when it is missing (CI runs as root), and fail loudly when that is not possible.
+if ! command -v runc >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get install -y runc || { apt-get update && apt-get install -y runc; }
+    fi
+    need runc "the node tests run containers with runc (Debian: apt-get install -y runc)"
+fi
+t0=$(date +%s)
+tests/cluster/build.sh --module node >/dev/null
+echo "containerd and the node test programs ready in $(( $(date +%s) - t0 ))s"
 
 step "end-to-end tests on the real API server"
 t0=$(date +%s)

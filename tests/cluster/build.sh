@@ -2,12 +2,13 @@
 # Builds the control plane used by the end-to-end tests from the Go modules pinned in
 # go.mod/go.sum next to this script:
 #   kube-apiserver, kube-controller-manager, kubectl   (k8s.io/kubernetes)
+#   kube-scheduler, kubelet                            (k8s.io/kubernetes; the node tests)
 #   etcd                                               (go.etcd.io/etcd/server/v3, ./cmd/etcd)
 #   jobset-controller                                  (sigs.k8s.io/jobset, module root)
 #
 # Usage:
 #   tests/cluster/build.sh
-#       Builds the five binaries into ${CONTROL_PLANE_BIN:-<repo>/.cache/control-plane/<key>}
+#       Builds the seven binaries into ${CONTROL_PLANE_BIN:-<repo>/.cache/control-plane/<key>}
 #       (<key> = hash of go.mod, go.sum, cmd/etcd/main.go, the Go version and this recipe)
 #       unless they are all there already. Progress goes to stderr; stdout gets exactly one
 #       line, the bin folder:   BIN="$(tests/cluster/build.sh)"
@@ -37,8 +38,8 @@ die() {
 }
 log() { echo "build.sh: $*" >&2; }
 
-# A caller-chosen folder that already holds all five binaries needs no Go at all.
-names=(kube-apiserver kube-controller-manager kubectl etcd jobset-controller)
+# A caller-chosen folder that already holds all seven binaries needs no Go at all.
+names=(kube-apiserver kube-controller-manager kubectl etcd jobset-controller kube-scheduler kubelet)
 all_present() { # all_present DIR
     local n
     for n in "${names[@]}"; do
@@ -46,7 +47,7 @@ all_present() { # all_present DIR
     done
 }
 if [[ -n "${CONTROL_PLANE_BIN:-}" && $# -eq 0 ]] && all_present "$CONTROL_PLANE_BIN"; then
-    log "reused the cache: all 5 binaries are already in $CONTROL_PLANE_BIN (CONTROL_PLANE_BIN)"
+    log "reused the cache: all ${#names[@]} binaries are already in $CONTROL_PLANE_BIN (CONTROL_PLANE_BIN)"
     echo "$CONTROL_PLANE_BIN"
     exit 0
 fi
@@ -225,6 +226,8 @@ package_of() {
     kubectl) echo k8s.io/kubernetes/cmd/kubectl ;;
     etcd) echo ./cmd/etcd ;;
     jobset-controller) echo sigs.k8s.io/jobset ;;
+    kube-scheduler) echo k8s.io/kubernetes/cmd/kube-scheduler ;;
+    kubelet) echo k8s.io/kubernetes/cmd/kubelet ;;
     esac
 }
 tags_of() {
@@ -234,7 +237,7 @@ tags_of() {
 ldflags_of() {
     [[ -z "$module" ]] || { echo "-s -w"; return; }
     case "$1" in
-    kube-apiserver | kube-controller-manager | kubectl) echo "$kube_ldflags" ;;
+    kube-apiserver | kube-controller-manager | kubectl | kube-scheduler | kubelet) echo "$kube_ldflags" ;;
     jobset-controller) echo "$jobset_ldflags" ;;
     *) echo "-s -w" ;;
     esac

@@ -62,6 +62,8 @@ pub struct ClusterOptions {
     pub jobset_controller: bool,
     /// Extra kube-apiserver flags (e.g. `--admission-control-config-file=...`).
     pub apiserver_args: Vec<String>,
+    /// Run kube-scheduler (pods get bound to the harness's nodes, see node.rs).
+    pub scheduler: bool,
 }
 
 impl Default for ClusterOptions {
@@ -73,6 +75,7 @@ impl Default for ClusterOptions {
             controller_manager: true,
             jobset_controller: true,
             apiserver_args: Vec::new(),
+            scheduler: false,
         }
     }
 }
@@ -91,6 +94,8 @@ pub fn control_plane_bin() -> &'static Path {
             "kube-controller-manager",
             "kubectl",
             "jobset-controller",
+            "kube-scheduler",
+            "kubelet",
         ] {
             assert!(
                 bin.join(name).is_file(),
@@ -157,7 +162,7 @@ fn build_sh(args: &[&str]) -> String {
         out.status.success() && !stdout.trim().is_empty(),
         "the e2e tests need the control plane: `tests/cluster/build.sh{}` failed ({}).\n\
          It needs Go >= 1.26 and the Go module proxy (or CONTROL_PLANE_BIN pointing at a \
-         folder with the five binaries). Its output:\n{stderr}{stdout}",
+         folder with the seven binaries). Its output:\n{stderr}{stdout}",
         args.iter().map(|a| format!(" {a}")).collect::<String>(),
         out.status
     );
@@ -358,6 +363,9 @@ impl Cluster {
         }
         if cluster.opts.jobset_controller {
             cluster.phase("jobset-controller", Cluster::start_jobset_controller);
+        }
+        if cluster.opts.scheduler {
+            cluster.phase("kube-scheduler", Cluster::start_scheduler);
         }
         let phases: Vec<String> = cluster
             .startup
@@ -560,6 +568,23 @@ impl Cluster {
         self.spawn("kube-controller-manager", cmd);
         // Ready for the tests = the serviceaccount controller works.
         self.wait_default_service_account("default");
+    }
+
+    fn start_scheduler(&mut self) {
+        let kubeconfig = self.kubeconfig.display().to_string();
+        let port = free_port();
+        let mut cmd = Command::new(self.bin.join("kube-scheduler"));
+        cmd.arg(format!("--kubeconfig={kubeconfig}"))
+            .arg(format!("--authentication-kubeconfig={kubeconfig}"))
+            .arg(format!("--authorization-kubeconfig={kubeconfig}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={port}"))
+            .arg("--leader-elect=false")
+            .arg(format!("--feature-gates={}", self.opts.feature_gates));
+        self.spawn("kube-scheduler", cmd);
+        // No readiness wait: nothing is scheduled before a node is Ready, which takes longer
+        // than the scheduler's start; a scheduler that exits shows in `assert_running`.
+        self.assert_running("kube-scheduler");
     }
 
     fn wait_default_service_account(&self, namespace: &str) {

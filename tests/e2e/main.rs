@@ -14,6 +14,7 @@
 //! another webhook registration start their own.
 
 mod cluster;
+mod node;
 mod util;
 mod webhook;
 
@@ -24,6 +25,7 @@ mod deploy;
 mod differential;
 mod gates;
 mod manifests;
+mod node_restart;
 mod old_crd;
 mod ordering;
 mod writers;

@@ -23,6 +23,7 @@ mod cluster_aware;
 mod deploy;
 mod differential;
 mod gates;
+mod helm;
 mod manifests;
 mod old_crd;
 mod ordering;

@@ -758,7 +758,7 @@ fn ours(c: &Cluster, kind: &str, names: &[&str]) -> Vec<String> {
             o["metadata"]["labels"]["app.kubernetes.io/name"] == "jobset-restart-webhook"
                 || names.iter().any(|n| o["metadata"]["name"] == *n)
         })
-        .map(|o| key(o))
+        .map(key)
         .collect()
 }
 
@@ -924,7 +924,9 @@ fn helm_install_upgrade_and_uninstall_on_the_api_server() {
             .to_owned();
         (yaml_documents(&text, "config.yaml")[0].clone(), text)
     };
-    let want_v2 = yaml_documents(&config_v2, "v2")[0]["config"].clone();
+    // Helm merges the user's maps into the defaults: the chart's `any-failure` preset stays.
+    let mut want_v2 = yaml_documents(&config_v2, "v2")[0]["config"].clone();
+    want_v2["presets"]["any-failure"] = json!({"inPlace": "enabled", "exceptExitCodes": "0"});
     let (config_after, config_text) = stored_config(&after);
     assert_eq!(
         config_after, want_v2,

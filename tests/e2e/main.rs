@@ -27,6 +27,7 @@ mod helm;
 mod manifests;
 mod old_crd;
 mod ordering;
+mod writers;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;

@@ -49,6 +49,11 @@ t0=$(date +%s)
 tests/cluster/build.sh --module node >/dev/null
 echo "containerd and the node test programs ready in $(( $(date +%s) - t0 ))s"
 
+step "Helm CLI for the chart tests (tests/cluster/helm, helm.sh/helm/v3)"
+t0=$(date +%s)
+tests/cluster/build.sh --module helm >/dev/null
+echo "helm ready in $(( $(date +%s) - t0 ))s"
+
 step "end-to-end tests on the real API server"
 t0=$(date +%s)
 cargo test --features e2e --test e2e -- --test-threads=2

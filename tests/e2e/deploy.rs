@@ -13,10 +13,10 @@ use crate::cluster::{Cluster, ClusterOptions};
 use crate::util::{TestTimer, repo_root, wait_for, yaml_documents};
 
 const CERT_MANAGER_MODULE: &str = "github.com/cert-manager/cert-manager@v1.19.2";
-const BIN: &str = env!("CARGO_BIN_EXE_jobset-restart-webhook");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_jobset-restart-webhook");
 
 /// `go mod download` of a module; returns its directory (fails loudly without Go).
-fn go_module_dir(module: &str) -> PathBuf {
+pub(crate) fn go_module_dir(module: &str) -> PathBuf {
     let out = Command::new("go")
         .args(["mod", "download", "-json", module])
         .env("GOFLAGS", "-mod=mod")
@@ -35,7 +35,7 @@ fn go_module_dir(module: &str) -> PathBuf {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
     for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()))
     {
@@ -50,8 +50,9 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The README's "Install without cert-manager" steps, run in a copy of manifests/.
-fn prepare_self_managed(manifests: &Path) {
+/// The README's "Install without cert-manager" steps, run in a copy of manifests/; returns
+/// the CA bundle (base64) that `certs` printed.
+pub(crate) fn prepare_self_managed(manifests: &Path) -> String {
     let certs = manifests.join("overlays/self-managed/certs");
     let out = Command::new(BIN)
         .args(["certs", "--out-dir"])
@@ -73,6 +74,65 @@ fn prepare_self_managed(manifests: &Path) {
         })
         .collect();
     std::fs::write(certs.join("ca-bundle-patch.yaml"), patch).expect("write ca-bundle-patch.yaml");
+    ca_bundle
+}
+
+/// Creates cert-manager's CRDs (from its Go module) and waits until the two the overlay
+/// uses are established, so that its Issuers and Certificates meet the real schemas.
+pub(crate) fn install_cert_manager_crds(c: &Cluster) {
+    let crds = go_module_dir(CERT_MANAGER_MODULE).join("deploy/crds");
+    c.kubectl_ok(&["create", "-f", &crds.display().to_string()], None);
+    for crd in ["certificates.cert-manager.io", "issuers.cert-manager.io"] {
+        wait_established(c, crd);
+    }
+}
+
+/// Waits until the CRD `crd` is established.
+pub(crate) fn wait_established(c: &Cluster, crd: &str) {
+    wait_for(
+        &format!("CRD {crd} established"),
+        std::time::Duration::from_secs(30),
+        || {
+            let out = c.kubectl(
+                &[
+                    "get",
+                    "crd",
+                    crd,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+                ],
+                None,
+            );
+            let status = String::from_utf8_lossy(&out.stdout).into_owned();
+            if status == "True" {
+                Ok(())
+            } else {
+                Err(format!("status {status:?}"))
+            }
+        },
+    );
+}
+
+/// `kubectl apply --dry-run=server` of the rendered YAML stream `rendered` (`count` objects):
+/// the API server must accept and acknowledge every object.
+pub(crate) fn dry_run_apply_all(c: &Cluster, what: &str, rendered: &str, count: usize) {
+    let out = c.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(rendered));
+    assert!(
+        out.status.success(),
+        "{what}: the API server refused objects:\n{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let applied = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("(server dry run)"))
+        .count();
+    assert_eq!(
+        applied,
+        count,
+        "{what}: every object is acknowledged:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 fn kinds(docs: &[Value]) -> Vec<String> {
@@ -99,32 +159,7 @@ fn base_and_overlays_apply_to_the_api_server_with_server_side_dry_run() {
         jobset_controller: false,
         ..ClusterOptions::default()
     });
-    let crds = go_module_dir(CERT_MANAGER_MODULE).join("deploy/crds");
-    c.kubectl_ok(&["create", "-f", &crds.display().to_string()], None);
-    for crd in ["certificates.cert-manager.io", "issuers.cert-manager.io"] {
-        wait_for(
-            &format!("CRD {crd} established"),
-            std::time::Duration::from_secs(30),
-            || {
-                let out = c.kubectl(
-                    &[
-                        "get",
-                        "crd",
-                        crd,
-                        "-o",
-                        "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
-                    ],
-                    None,
-                );
-                let status = String::from_utf8_lossy(&out.stdout).into_owned();
-                if status == "True" {
-                    Ok(())
-                } else {
-                    Err(format!("status {status:?}"))
-                }
-            },
-        );
-    }
+    install_cert_manager_crds(&c);
     // Namespaced objects are validated in their namespace, which a dry-run create of the
     // Namespace does not persist: create it first (the objects themselves stay dry-run).
     c.kubectl_ok(&["create", "namespace", "jobset-restart-webhook"], None);
@@ -188,23 +223,7 @@ fn base_and_overlays_apply_to_the_api_server_with_server_side_dry_run() {
         let mut want: Vec<String> = expected.iter().map(|s| (*s).to_owned()).collect();
         want.sort();
         assert_eq!(kinds(&docs), want, "{dir}: rendered objects");
-        let out = c.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
-        assert!(
-            out.status.success(),
-            "{dir}: the API server refused objects:\n{}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        let applied = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains("(server dry run)"))
-            .count();
-        assert_eq!(
-            applied,
-            docs.len(),
-            "{dir}: every object is acknowledged:\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        dry_run_apply_all(&c, dir, &rendered, docs.len());
         if dir == "policy" {
             continue;
         }

@@ -24,6 +24,7 @@ mod cluster_aware;
 mod deploy;
 mod differential;
 mod gates;
+mod helm;
 mod manifests;
 mod node_restart;
 mod old_crd;

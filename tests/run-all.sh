@@ -36,6 +36,13 @@ CONTROL_PLANE_BIN="$(tests/cluster/build.sh)"
 export CONTROL_PLANE_BIN
 echo "control plane ready in $(( $(date +%s) - t0 ))s: $CONTROL_PLANE_BIN"
 
+step "third-party controllers that write JobSets in the e2e tests (tests/cluster/kueue, tests/cluster/trainer)"
+for m in kueue trainer; do
+    t0=$(date +%s)
+    bin="$(tests/cluster/build.sh --module "$m")"
+    echo "$m ready in $(( $(date +%s) - t0 ))s: $bin"
+done
+
 step "end-to-end tests on the real API server"
 t0=$(date +%s)
 cargo test --features e2e --test e2e -- --test-threads=2

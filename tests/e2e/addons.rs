@@ -188,6 +188,80 @@ fn wait_ready(cluster: &Cluster, component: &str, health: SocketAddr) {
     });
 }
 
+/// An audit log of every JobSet write (create, update, patch; `Request` level: the bodies)
+/// for a cluster started with [`Audit::apiserver_args`]: what each controller really sent.
+pub struct Audit {
+    dir: tempfile::TempDir,
+}
+
+impl Audit {
+    pub fn new() -> Audit {
+        let dir = tempfile::tempdir().expect("creating the audit folder");
+        fs::write(
+            dir.path().join("policy.yaml"),
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+             - level: Request\n  verbs: [create, update, patch]\n  \
+             resources: [{group: jobset.x-k8s.io, resources: [jobsets]}]\n\
+             - level: None\n",
+        )
+        .expect("writing the audit policy");
+        Audit { dir }
+    }
+
+    pub fn apiserver_args(&self) -> Vec<String> {
+        let p = |name: &str| self.dir.path().join(name).display().to_string();
+        vec![
+            format!("--audit-policy-file={}", p("policy.yaml")),
+            format!("--audit-log-path={}", p("audit.log")),
+            "--audit-log-format=json".to_owned(),
+            "--audit-log-mode=blocking".to_owned(),
+        ]
+    }
+
+    /// The audit events (`ResponseComplete`) of writes to the JobSet `ns/name`, in order.
+    pub fn jobset_writes(&self, ns: &str, name: &str) -> Vec<Value> {
+        let text = fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| {
+                e["stage"] == "ResponseComplete"
+                    && e["objectRef"]["namespace"] == ns
+                    && e["objectRef"]["name"] == name
+            })
+            .collect()
+    }
+}
+
+/// One line per audit event: verb, subresource, HTTP code, the writer (user agent up to the
+/// first '/'), and whether the body carried `restartPolicyRules`.
+pub fn describe_writes(events: &[Value]) -> String {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}{} -> {} by {} (body mentions restartPolicyRules: {})",
+                e["verb"].as_str().unwrap_or("?"),
+                e["objectRef"]["resource"].as_str().unwrap_or("?"),
+                e["objectRef"]["subresource"]
+                    .as_str()
+                    .map(|s| format!("/{s}"))
+                    .unwrap_or_default(),
+                e["responseStatus"]["code"],
+                e["userAgent"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .split('/')
+                    .next()
+                    .unwrap_or("?"),
+                e["requestObject"]
+                    .to_string()
+                    .contains("\"restartPolicyRules\""),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 // --- Kueue --------------------------------------------------------------------------------
 
 /// Kueue's integrations that the tests turn on, in its `integrations.frameworks` spelling.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::addons::{KUEUE, start_kueue};
+use crate::addons::{Audit, KUEUE, describe_writes, start_kueue};
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::util::{TestTimer, at, wait_for};
 use crate::webhook::{Webhook, WebhookOptions};
@@ -211,8 +211,10 @@ fn check_children(
 #[test]
 fn kueue_admission_preemption_and_readmission_keep_the_restart_rules() {
     let _t = TestTimer::start("kueue_admission_preemption_and_readmission_keep_the_restart_rules");
+    let audit = Audit::new();
     let cluster = Cluster::start(ClusterOptions {
         name: "kueue",
+        apiserver_args: audit.apiserver_args(),
         ..ClusterOptions::default()
     });
     let webhook = Webhook::start(
@@ -349,14 +351,141 @@ fn kueue_admission_preemption_and_readmission_keep_the_restart_rules() {
     let second = check_children(c, &ns, "train", 4, &first, "re-admitted");
     assert!(second.is_disjoint(&first));
 
+    // What Kueue really wrote to the JobSet: JSON merge patches of the whole object as its
+    // Go types see it (k8s.io/api v0.35, which knows restartPolicyRules), so the
+    // `replicatedJobs` list it sends back carries the rules.
+    let writes = audit.jobset_writes(&ns, "train");
+    eprintln!(
+        "[e2e] writes to JobSet train:\n{}",
+        describe_writes(&writes)
+    );
+    // Kueue patches with the resourceVersion it read, so a 409 Conflict (then a retry on
+    // the fresh object) is part of its normal work.
+    let kueue_writes: Vec<&Value> = writes
+        .iter()
+        .filter(|e| {
+            e["userAgent"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("kueue/")
+                && e["objectRef"]["subresource"].is_null()
+                && e["verb"] != "create"
+        })
+        .collect();
+    for e in &kueue_writes {
+        assert!(
+            e["responseStatus"]["code"] == 200 || e["responseStatus"]["code"] == 409,
+            "a write of Kueue failed: {e:#}"
+        );
+    }
+    let done: Vec<&&Value> = kueue_writes
+        .iter()
+        .filter(|e| e["responseStatus"]["code"] == 200)
+        .collect();
+    assert!(
+        done.len() >= 3,
+        "expected Kueue to write the JobSet at admission, preemption and re-admission:\n{}",
+        describe_writes(&writes)
+    );
+    eprintln!(
+        "[e2e] Kueue's admission patch ({}): {}",
+        done[0]["requestURI"], done[0]["requestObject"]
+    );
+
     let log = c.log(KUEUE);
     let errors: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("Reconciler error") && l.contains("train"))
+        .filter(|l| {
+            l.contains("Reconciler error")
+                && l.contains("train")
+                // A stale read, retried at once (the 409s above).
+                && !l.contains("the object has been modified")
+        })
         .collect();
     assert!(
         errors.is_empty(),
         "Kueue failed to reconcile the JobSet:\n{}",
         errors.join("\n")
     );
+
+    // 5. The same admission patch from a Kueue whose Go types predate the fields (built
+    //    with k8s.io/api older than v0.34: no `restartPolicyRules`; older than v0.28: no
+    //    container `restartPolicy` either): a JSON merge patch replaces the whole
+    //    `replicatedJobs` list, so it sends the containers back without them. Replayed from
+    //    a client on suspended, opted-in JobSets that Kueue does not manage (no queue label),
+    //    without Kueue's `suspend: false`. Our webhook must restore what it injected (else
+    //    JobSet's validation refuses the change of a container as immutable).
+    let mut patch = done[0]["requestObject"].clone();
+    patch["metadata"]
+        .as_object_mut()
+        .expect("Kueue's patch has metadata")
+        .remove("resourceVersion");
+    patch["spec"]
+        .as_object_mut()
+        .expect("Kueue's patch has a spec")
+        .remove("suspend");
+    let mut refused = Vec::new();
+    for (name, strip) in [
+        ("old-kueue-no-rules", &["restartPolicyRules"][..]),
+        (
+            "old-kueue-no-container-policy",
+            &["restartPolicyRules", "restartPolicy"][..],
+        ),
+    ] {
+        let mut js = queued_jobset(
+            name,
+            "none",
+            2,
+            2,
+            "500m",
+            &[("restart.jobset.dev/in-place", "enabled")],
+        );
+        js["metadata"]
+            .as_object_mut()
+            .expect("metadata")
+            .remove("labels");
+        js["spec"]["suspend"] = json!(true);
+        create_ok(c, &ns, &js);
+        assert_rules(template(&c.jobset(&ns, name)), &format!("{name}: created"));
+        let mut old_patch = patch.clone();
+        let container = old_patch
+            .pointer_mut("/spec/replicatedJobs/0/template/spec/template/spec/containers/0")
+            .and_then(Value::as_object_mut)
+            .expect("Kueue's patch carries the container");
+        for field in strip {
+            container.remove(*field);
+        }
+        let out = c.kubectl(
+            &[
+                "patch",
+                "jobset",
+                name,
+                "-n",
+                &ns,
+                "--type=merge",
+                "-p",
+                &old_patch.to_string(),
+            ],
+            None,
+        );
+        if !out.status.success() {
+            refused.push(format!(
+                "{name}: the admission patch of a Kueue that does not know {strip:?} was refused: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+            continue;
+        }
+        let patched = c.jobset(&ns, name);
+        assert_eq!(
+            template(&patched)["nodeSelector"][POOL_LABEL],
+            POOL,
+            "{name}: the patch did not apply: {patched:#}"
+        );
+        assert_rules(
+            template(&patched),
+            &format!("{name}: patched without {strip:?}"),
+        );
+        assert_eq!(at(&patched, APPLIED), &applied, "{name}: {patched:#}");
+    }
+    assert!(refused.is_empty(), "{}", refused.join("\n"));
 }

@@ -31,14 +31,15 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::cluster::{Cluster, build_sh};
-use crate::util::{free_port, http_get, load_yaml, report_time, wait_for};
+use crate::util::{free_port, http_get, load_yaml, repo_root, report_time, wait_for};
 
-/// The module versions: the binaries' (tests/cluster/<name>/go.mod) and the CRDs'.
-pub const KUEUE_MODULE: &str = "sigs.k8s.io/kueue@v0.17.0";
-pub const TRAINER_MODULE: &str = "github.com/kubeflow/trainer/v2@v2.0.0";
-/// Trainer watches PodGroups (coscheduling plugin): their CRD must exist. The version is the
-/// one trainer v2.0.0's go.mod requires.
-pub const SCHEDULER_PLUGINS_MODULE: &str = "sigs.k8s.io/scheduler-plugins@v0.30.6";
+/// The Go modules whose manifests (CRDs, webhook configurations) the tests install, at the
+/// version the binary's module pins (tests/cluster/<folder>/go.mod), so that a version bump
+/// there moves the manifests too.
+pub const KUEUE_MODULE: &str = "sigs.k8s.io/kueue";
+pub const TRAINER_MODULE: &str = "github.com/kubeflow/trainer/v2";
+/// Trainer watches PodGroups (coscheduling plugin): their CRD must exist.
+pub const SCHEDULER_PLUGINS_MODULE: &str = "sigs.k8s.io/scheduler-plugins";
 
 /// Component names (log files `logs/<name>.log` of the cluster).
 pub const KUEUE: &str = "kueue-manager";
@@ -80,12 +81,32 @@ pub fn module_bin(module: &str) -> PathBuf {
     bin
 }
 
-/// A Go module's folder (read-only, in the module cache), e.g. [`KUEUE_MODULE`].
-pub fn module_dir(module_at_version: &str) -> PathBuf {
-    let dir = PathBuf::from(build_sh(&["--print-module-dir", module_at_version]).trim());
+/// The version of `module` that tests/cluster/<folder>/go.mod requires (directly or
+/// `// indirect`).
+pub fn pinned_version(folder: &str, module: &str) -> String {
+    let go_mod = repo_root()
+        .join("tests/cluster")
+        .join(folder)
+        .join("go.mod");
+    let text =
+        fs::read_to_string(&go_mod).unwrap_or_else(|e| panic!("reading {}: {e}", go_mod.display()));
+    text.lines()
+        .map(|l| l.trim().trim_start_matches("require").trim())
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(module)).then(|| words.next().map(str::to_owned))?
+        })
+        .unwrap_or_else(|| panic!("{} does not require {module}", go_mod.display()))
+}
+
+/// The folder (read-only, in the module cache) of `module` at the version the module in
+/// tests/cluster/<folder> pins.
+pub fn module_dir(folder: &str, module: &str) -> PathBuf {
+    let at = format!("{module}@{}", pinned_version(folder, module));
+    let dir = PathBuf::from(build_sh(&["--print-module-dir", &at]).trim());
     assert!(
         dir.is_dir(),
-        "build.sh --print-module-dir {module_at_version} printed {dir:?}, not a folder"
+        "build.sh --print-module-dir {at} printed {dir:?}, not a folder"
     );
     dir
 }
@@ -275,7 +296,7 @@ pub const KUEUE_JOBSET_FRAMEWORK: &str = "jobset.x-k8s.io/jobset";
 pub fn start_kueue(cluster: &Cluster) {
     let start = Instant::now();
     let bin = module_bin("kueue");
-    let module = module_dir(KUEUE_MODULE);
+    let module = module_dir("kueue", KUEUE_MODULE);
     install_crds(
         cluster,
         &yaml_files(&module.join("config/components/crd/bases")),
@@ -371,7 +392,13 @@ pub fn start_kueue(cluster: &Cluster) {
             Err(format!("not suspended by Kueue yet: {}", stderr.trim()))
         }
     });
-    report_time("Kueue ready (CRDs, manager, webhooks)", start.elapsed());
+    report_time(
+        &format!(
+            "Kueue {} ready (CRDs, manager, webhooks)",
+            pinned_version("kueue", KUEUE_MODULE)
+        ),
+        start.elapsed(),
+    );
 }
 
 /// See the module comment: Kueue exits at startup without these two files.
@@ -406,10 +433,12 @@ fn ensure_kueue_metrics_certs() {
 pub fn start_trainer(cluster: &Cluster) {
     let start = Instant::now();
     let bin = module_bin("trainer");
-    let module = module_dir(TRAINER_MODULE);
+    let module = module_dir("trainer", TRAINER_MODULE);
     let mut crds = yaml_files(&module.join("manifests/base/crds"));
     crds.retain(|p| !p.ends_with("kustomization.yaml"));
-    crds.push(module_dir(SCHEDULER_PLUGINS_MODULE).join("manifests/coscheduling/crd.yaml"));
+    crds.push(
+        module_dir("trainer", SCHEDULER_PLUGINS_MODULE).join("manifests/coscheduling/crd.yaml"),
+    );
     install_crds(cluster, &crds);
     cluster.ensure_namespace(TRAINER_NAMESPACE);
 
@@ -460,7 +489,10 @@ pub fn start_trainer(cluster: &Cluster) {
     cluster.spawn(TRAINER, cmd);
     wait_ready(cluster, TRAINER, ([127, 0, 0, 1], health_port).into());
     report_time(
-        "Kubeflow Trainer ready (CRDs, webhooks, controller manager)",
+        &format!(
+            "Kubeflow Trainer {} ready (CRDs, webhooks, controller manager)",
+            pinned_version("trainer", TRAINER_MODULE)
+        ),
         start.elapsed(),
     );
 }

@@ -6,7 +6,7 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use jobset_restart_webhook::engine::{ClusterFacts, Config, Context, mutate_jobset};
+use jobset_restart_webhook::engine::{ClusterFacts, Config, Context, mutate_jobset, update_jobset};
 use serde_json::{Value, json};
 
 pub fn container(i: usize) -> Value {
@@ -36,6 +36,24 @@ pub fn jobset(rjobs: usize, containers: usize) -> Value {
             }}}}
         })).collect::<Vec<_>>()}
     })
+}
+
+/// The JobSet as the API server stores it after CREATE (the engine's patch applied).
+pub fn stored(manifest: &Value, ctx: &Context<'_>) -> Value {
+    let mut out = manifest.clone();
+    if let Ok(m) = mutate_jobset(&manifest.to_string(), ctx) {
+        let _ = m.patch.apply(&mut out);
+    }
+    out
+}
+
+/// An UPDATE that changes nothing of ours (a queue resuming the JobSet): old and new are the
+/// stored object, `suspend` flipped.
+pub fn noop_update(manifest: &Value, ctx: &Context<'_>) -> (String, String) {
+    let old = stored(manifest, ctx);
+    let mut new = old.clone();
+    new["spec"]["suspend"] = json!(false);
+    (new.to_string(), old.to_string())
 }
 
 fn bench(c: &mut Criterion) {
@@ -82,6 +100,28 @@ fn bench(c: &mut Criterion) {
     group.bench_function("skip_floor/50", |b| {
         b.iter(|| serde_json::from_str::<serde::de::IgnoredAny>(black_box(&raw)).is_ok())
     });
+    // UPDATE: one that changes nothing of ours (the common case: queues, status-free
+    // re-writes) and one that dropped everything (a server-side re-apply of the manifest).
+    for rjobs in [1usize, 50] {
+        let manifest = jobset(rjobs, 8);
+        let (new, old) = noop_update(&manifest, &ctx);
+        group.bench_with_input(
+            BenchmarkId::new("update_noop", rjobs),
+            &(new, old),
+            |b, (n, o)| {
+                b.iter(|| update_jobset(black_box(n), black_box(o), &ctx).map(|m| m.patch.len()))
+            },
+        );
+        let old = stored(&manifest, &ctx).to_string();
+        let new = manifest.to_string();
+        group.bench_with_input(
+            BenchmarkId::new("update_restore", rjobs),
+            &(new, old),
+            |b, (n, o)| {
+                b.iter(|| update_jobset(black_box(n), black_box(o), &ctx).map(|m| m.patch.len()))
+            },
+        );
+    }
     eprintln!("50x8 JobSet JSON: {} bytes", raw.len());
     group.finish();
 }

@@ -127,6 +127,8 @@ struct RequestIn<'a> {
     name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     object: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    old_object: Option<&'a RawValue>,
     #[serde(default)]
     dry_run: Option<bool>,
 }
@@ -204,9 +206,6 @@ fn dispatch(
     config: &Config,
     cluster: &dyn ClusterView,
 ) -> Result<Mutation, Denial> {
-    if req.operation != "CREATE" {
-        return Ok(Mutation::default());
-    }
     let Some(object) = req.object else {
         return Ok(Mutation::default());
     };
@@ -215,13 +214,21 @@ fn dispatch(
     if !(is_jobset && config.targets.jobsets || is_pod && config.targets.pods) {
         return Ok(Mutation::default());
     }
+    // Only a JobSet UPDATE can drop what CREATE added; a pod's containers are immutable.
+    let old_object = match (req.operation.as_ref(), req.old_object) {
+        ("CREATE", _) => None,
+        ("UPDATE", Some(old)) if is_jobset => Some(old),
+        _ => return Ok(Mutation::default()),
+    };
     let labels = cluster.namespace_labels(namespace);
     let ctx = Context {
         config,
         namespace_labels: labels.as_deref(),
         facts: cluster.facts(),
     };
-    if is_jobset {
+    if let Some(old) = old_object {
+        engine::update_jobset(object.get(), old.get(), &ctx)
+    } else if is_jobset {
         engine::mutate_jobset(object.get(), &ctx)
     } else {
         Ok(engine::mutate_pod(object.get(), &ctx, &|name| {

@@ -109,6 +109,17 @@ fn cases() -> Vec<Case> {
         warnings: vec![],
     });
     v.push(Case {
+        file: "all-user-set.yaml",
+        paths: vec![],
+        summary: None,
+        warnings: vec![
+            "replicated job \"workers\": container \"custom\" already sets restartPolicy or restartPolicyRules; left unchanged",
+            "replicated job \"workers\": container \"ruled\" already sets restartPolicy or restartPolicyRules; left unchanged",
+            "replicated job \"workers\": no container gets the restart rule, so its pod template is left as it is",
+            "in-place restart is enabled for this JobSet, but no container gets the restart rule, so the JobSet is left as it is",
+        ],
+    });
+    v.push(Case {
         file: "disabled.yaml",
         paths: vec![],
         summary: None,
@@ -310,6 +321,14 @@ fn invalid_annotations_are_denied_with_422_and_the_message() {
     assert_eq!(
         d.message,
         "restart.jobset.dev/replicated-jobs: \"wrkers\": this JobSet has no replicated job \"wrkers\"; it has: workers"
+    ); // a containers list naming a container that no selected replicated job has (a typo)
+    let mut doc = yaml_docs(&fixture("jobsets/single.yaml")).remove(0);
+    doc["metadata"]["annotations"]["restart.jobset.dev/containers"] = json!("trainr");
+    let d = mutate_jobset(&doc.to_string(), &ctx).unwrap_err();
+    assert_eq!(d.code, 422);
+    assert_eq!(
+        d.message,
+        "restart.jobset.dev/containers: \"trainr\": no container or sidecar \"trainr\" in the replicated jobs it applies to; they have: trainer"
     );
 }
 

@@ -190,13 +190,28 @@ proptest! {
         }
         let ctx = Context { config: &config, namespace_labels: Some(&labels), facts: ClusterFacts::default() };
         let raw = doc.to_string();
-        let Ok(m) = mutate_jobset(&raw, &ctx) else {
-            // Generated annotations are all valid; only a replicated-jobs list naming an
-            // absent replicated job may be refused.
-            let names: Vec<&str> = doc["spec"]["replicatedJobs"].as_array().into_iter().flatten().filter_map(|r| r["name"].as_str()).collect();
-            let listed = doc.pointer("/metadata/annotations/restart.jobset.dev~1replicated-jobs").and_then(Value::as_str).unwrap_or_default();
-            prop_assert!(listed.split(',').any(|n| !names.contains(&n)), "unexpected denial");
-            return Ok(());
+        let m = match mutate_jobset(&raw, &ctx) {
+            Ok(m) => m,
+            Err(d) => {
+                // Generated annotations are all valid; only a replicated-jobs list naming an
+                // absent replicated job, or a containers list naming a container that no
+                // replicated job has, may be refused.
+                let names: Vec<&str> = doc["spec"]["replicatedJobs"].as_array().into_iter().flatten().filter_map(|r| r["name"].as_str()).collect();
+                let listed = doc.pointer("/metadata/annotations/restart.jobset.dev~1replicated-jobs").and_then(Value::as_str).unwrap_or_default();
+                let absent_rjob = listed.split(',').any(|n| !names.contains(&n));
+                // The typo is not among the containers the message says exist, and those do.
+                let typo = d.message.split("no container or sidecar \"").nth(1).and_then(|t| t.split('"').next());
+                let existing: Vec<String> = doc["spec"]["replicatedJobs"].as_array().into_iter().flatten()
+                    .flat_map(|rj| ["containers", "initContainers"].map(|l| rj["template"]["spec"]["template"]["spec"][l].clone()))
+                    .flat_map(|l| l.as_array().cloned().unwrap_or_default())
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect();
+                let they_have: Vec<&str> = d.message.split("they have: ").nth(1).map(|t| t.split(", ").collect()).unwrap_or_default();
+                let absent_container = typo.is_some_and(|t| !they_have.contains(&t))
+                    && they_have.iter().all(|n| existing.iter().any(|e| e == n));
+                prop_assert!(absent_rjob || absent_container, "unexpected denial: {}", d.message);
+                return Ok(());
+            }
         };
         // 1. the patch applies to the object it was computed from
         let out = apply(&doc, &m);

@@ -8,9 +8,11 @@ pub mod config;
 pub mod mutate;
 pub mod patch;
 pub mod policy;
+pub mod update;
 
 pub use annotations::{Action, AnnotationError, ExitCodes, InPlace, Operator};
 pub use config::{Config, ConfigError, Targets};
 pub use mutate::{Context, Denial, Mutation, ParentJobSet, mutate_jobset, mutate_pod};
 pub use patch::Patch;
 pub use policy::ClusterFacts;
+pub use update::update_jobset;

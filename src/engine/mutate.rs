@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::annotations::{self, APPLIED, AnnotationError, Annotations, Scope, quote};
 use super::config::Config;
 use super::patch::Patch;
-use super::policy::{self, ClusterFacts, Decision, Inputs, Resolved};
+use super::policy::{self, ClusterFacts, ContainersFrom, Decision, Inputs, Resolved};
 
 /// Labels the JobSet controller puts on every pod it creates.
 pub const JOBSET_NAME_LABEL: &str = "jobset.sigs.k8s.io/jobset-name";
@@ -123,68 +123,68 @@ fn ours(map: Option<&BTreeMap<Cow<'_, str>, Cow<'_, str>>>) -> BTreeMap<String, 
 
 // ---- views -------------------------------------------------------------------------------
 
-type StrMap<'a> = BTreeMap<Cow<'a, str>, Cow<'a, str>>;
+pub(super) type StrMap<'a> = BTreeMap<Cow<'a, str>, Cow<'a, str>>;
 
 /// The whole JobSet in one pass (the common case).
 #[derive(Deserialize)]
-struct JobSetDoc<'a> {
+pub(super) struct JobSetDoc<'a> {
     #[serde(borrow)]
-    metadata: Option<Meta<'a>>,
+    pub(super) metadata: Option<Meta<'a>>,
     #[serde(borrow)]
-    spec: Option<JobSetSpec<'a>>,
+    pub(super) spec: Option<JobSetSpec<'a>>,
 }
 
 /// Metadata only, with the spec left unread: used when the full view does not fit, to tell
 /// whether the object concerns the webhook at all.
 #[derive(Deserialize)]
-struct Head<'a> {
+pub(super) struct Head<'a> {
     #[serde(borrow)]
-    metadata: Option<Meta<'a>>,
+    pub(super) metadata: Option<Meta<'a>>,
     #[serde(borrow)]
-    spec: Option<&'a RawValue>,
+    pub(super) spec: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
-struct Meta<'a> {
+pub(super) struct Meta<'a> {
     #[serde(borrow)]
-    annotations: Option<StrMap<'a>>,
+    pub(super) annotations: Option<StrMap<'a>>,
     #[serde(borrow)]
-    labels: Option<StrMap<'a>>,
+    pub(super) labels: Option<StrMap<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct JobSetSpec<'a> {
+pub(super) struct JobSetSpec<'a> {
     #[serde(borrow, default)]
-    replicated_jobs: Vec<ReplicatedJob<'a>>,
+    pub(super) replicated_jobs: Vec<ReplicatedJob<'a>>,
 }
 
 #[derive(Deserialize)]
-struct ReplicatedJob<'a> {
+pub(super) struct ReplicatedJob<'a> {
     #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
+    pub(super) name: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    template: Option<JobTemplate<'a>>,
+    pub(super) template: Option<JobTemplate<'a>>,
 }
 
 #[derive(Deserialize)]
-struct JobTemplate<'a> {
+pub(super) struct JobTemplate<'a> {
     #[serde(borrow)]
-    metadata: Option<Meta<'a>>,
+    pub(super) metadata: Option<Meta<'a>>,
     #[serde(borrow)]
-    spec: Option<JobSpec<'a>>,
+    pub(super) spec: Option<JobSpec<'a>>,
 }
 
 #[derive(Deserialize)]
-struct JobSpec<'a> {
+pub(super) struct JobSpec<'a> {
     #[serde(borrow)]
-    template: Option<PodTemplate<'a>>,
+    pub(super) template: Option<PodTemplate<'a>>,
 }
 
 #[derive(Deserialize)]
-struct PodTemplate<'a> {
+pub(super) struct PodTemplate<'a> {
     #[serde(borrow)]
-    spec: Option<PodSpec<'a>>,
+    pub(super) spec: Option<PodSpec<'a>>,
 }
 
 /// The containers stay raw (16 bytes each) until [`plan_pod_spec`] reads them one at a
@@ -192,29 +192,29 @@ struct PodTemplate<'a> {
 /// three times the body, and four such reviews at once went past the Deployment's limit.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct PodSpec<'a> {
+pub(super) struct PodSpec<'a> {
     #[serde(borrow)]
-    restart_policy: Option<Cow<'a, str>>,
+    pub(super) restart_policy: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    containers: Option<Vec<&'a RawValue>>,
+    pub(super) containers: Option<Vec<&'a RawValue>>,
     #[serde(borrow, default)]
-    init_containers: Option<Vec<&'a RawValue>>,
+    pub(super) init_containers: Option<Vec<&'a RawValue>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Container<'a> {
+pub(super) struct Container<'a> {
     #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
+    pub(super) name: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    restart_policy: Option<Cow<'a, str>>,
-    restart_policy_rules: Option<Value>,
+    pub(super) restart_policy: Option<Cow<'a, str>>,
+    pub(super) restart_policy_rules: Option<Value>,
 }
 
 impl<'a> Container<'a> {
     /// Reads the container at `base`/`list`/`index`; a container the view cannot read is a
     /// 400 that names it.
-    fn read(
+    pub(super) fn read(
         raw: &'a RawValue,
         base: &PointerBuf,
         list: &str,
@@ -288,6 +288,7 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
 
     let mut applied = Applied::default();
     let mut any_enabled = false;
+    let mut lists: Vec<NamedList<'_>> = Vec::new();
     let rules_go_to_pods =
         ctx.facts.jobset_crd_keeps_rules == Some(false) && ctx.config.targets.pods;
     for (i, (rj, rj_ann)) in spec
@@ -344,7 +345,8 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
         } else {
             &mut out
         };
-        plan_pod_spec(
+        let entries_before = applied.entries;
+        let present = plan_pod_spec(
             pod_spec,
             &base,
             &resolved,
@@ -355,6 +357,25 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
             &mut applied,
         )?;
         out.warnings.append(&mut template_ops.warnings);
+        let gets_rules = applied.entries > entries_before;
+        if let Some(names) = resolved.containers {
+            lists.push(NamedList {
+                rjob: name,
+                names,
+                from: resolved.containers_from,
+                present,
+            });
+        }
+        // A pod template whose containers get no rule keeps its failure behaviour: switching
+        // it to `Never` would change what the user asked for without giving in-place restarts.
+        if !gets_rules {
+            out.warnings.push(format!(
+                "replicated job {}: no container gets the restart rule, so its pod template is \
+                 left as it is",
+                quote(name)
+            ));
+            continue;
+        }
         match pod_spec.restart_policy.as_deref() {
             None => out.patch.add_under(&base, "restartPolicy", never()),
             Some("Never") => {}
@@ -372,6 +393,7 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
             )),
         }
     }
+    check_container_names(&lists)?;
     if applied.changed > MAX_CHANGED_CONTAINERS {
         return Err(Denial {
             code: 422,
@@ -394,7 +416,9 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
     }
     if applied.is_empty() {
         out.warnings.push(
-            "in-place restart is enabled for this JobSet, but no container was changed".to_owned(),
+            "in-place restart is enabled for this JobSet, but no container gets the restart \
+             rule, so the JobSet is left as it is"
+                .to_owned(),
         );
         return Ok(out);
     }
@@ -427,6 +451,74 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
     }
     out.summary = Some(summary);
     Ok(out)
+}
+
+/// A replicated job that names its containers, and the containers and init containers its
+/// pod template has.
+struct NamedList<'a> {
+    rjob: &'a str,
+    names: Vec<String>,
+    from: ContainersFrom,
+    present: Vec<String>,
+}
+
+/// A container name that exists in none of the replicated jobs its list applies to is a typo
+/// (`trainr`): refused, as an unknown replicated job is, instead of admitting a JobSet that
+/// asked for in-place restarts and gets none. A name missing from only some of them is a
+/// warning (`plan_pod_spec`). The first bad name, in replicated-job and list order.
+fn check_container_names(lists: &[NamedList<'_>]) -> Result<(), Denial> {
+    for list in lists {
+        for name in &list.names {
+            let users = || lists.iter().filter(|l| l.names.contains(name));
+            if users().any(|l| l.present.contains(name)) {
+                continue;
+            }
+            let mut existing: Vec<&str> = Vec::new();
+            for p in users().flat_map(|l| &l.present) {
+                if !existing.contains(&p.as_str()) {
+                    existing.push(p);
+                }
+            }
+            let problem = format!(
+                "no container or sidecar {} in the replicated jobs it applies to; {}",
+                quote(name),
+                if existing.is_empty() {
+                    "they have none".to_owned()
+                } else {
+                    format!("they have: {}", existing.join(", "))
+                }
+            );
+            let value = list.names.join(",");
+            return Err(match &list.from {
+                ContainersFrom::ReplicatedJob => AnnotationError::new(
+                    &Scope::ReplicatedJob(list.rjob.to_owned()),
+                    annotations::CONTAINERS,
+                    &value,
+                    problem,
+                )
+                .into(),
+                ContainersFrom::Preset { name, scope } => AnnotationError::new(
+                    scope,
+                    annotations::PRESET,
+                    name,
+                    format!("its containers {}: {problem}", quote(&value)),
+                )
+                .into(),
+                ContainersFrom::Config => Denial {
+                    code: 422,
+                    message: format!(
+                        "the cluster config's defaults.containers {}: {problem}",
+                        quote(&value)
+                    ),
+                },
+                ContainersFrom::JobSet | ContainersFrom::Nowhere => {
+                    AnnotationError::new(&Scope::JobSet, annotations::CONTAINERS, &value, problem)
+                        .into()
+                }
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The JobSet does not fit the view (a field of the wrong type). Only a JobSet that opts in
@@ -658,7 +750,7 @@ impl Applied {
 }
 
 /// `"Never"`, shared by every container the engine touches.
-fn never() -> Arc<Value> {
+pub(super) fn never() -> Arc<Value> {
     static NEVER: std::sync::LazyLock<Arc<Value>> =
         std::sync::LazyLock::new(|| Arc::new(json!("Never")));
     Arc::clone(&NEVER)
@@ -683,7 +775,7 @@ fn plan_pod_spec(
     ctx: &Context<'_>,
     out: &mut Mutation,
     applied: &mut Applied,
-) -> Result<(), Denial> {
+) -> Result<Vec<String>, Denial> {
     let rules = Arc::new(rules_value(resolved));
     let rule_text = format!(
         "{}:{}({})",
@@ -701,10 +793,15 @@ fn plan_pod_spec(
         .as_ref()
         .map(|v| v.iter().map(String::as_str).collect());
     let mut found: BTreeSet<&str> = BTreeSet::new();
+    // Container and init container names, kept only when the rule names containers.
+    let mut present: Vec<String> = Vec::new();
 
     for (j, raw) in spec.containers.iter().flatten().enumerate() {
         let c = Container::read(raw, base, "containers", j)?;
         let name = c.name.as_deref().unwrap_or_default();
+        if named.is_some() {
+            present.push(name.to_owned());
+        }
         if let Some(named) = &named {
             let Some(n) = named.get(name) else {
                 continue;
@@ -738,6 +835,7 @@ fn plan_pod_spec(
         for (j, raw) in spec.init_containers.iter().flatten().enumerate() {
             let c = Container::read(raw, base, "initContainers", j)?;
             let name = c.name.as_deref().unwrap_or_default();
+            present.push(name.to_owned());
             let Some(n) = named.get(name) else {
                 continue;
             };
@@ -799,7 +897,7 @@ fn plan_pod_spec(
             });
         }
     }
-    Ok(())
+    Ok(present)
 }
 
 #[cfg(test)]
@@ -850,6 +948,115 @@ mod tests {
         assert!(again.patch.is_empty(), "{:?}", again.patch);
         assert_eq!(again.summary, m.summary);
         out
+    }
+
+    #[test]
+    fn a_container_name_found_in_no_selected_replicated_job_is_refused() {
+        let mut ann = enabled();
+        ann[annotations::CONTAINERS] = json!("trainr");
+        let js = jobset(
+            ann,
+            vec![("a", containers("trainer", 1)), ("b", containers("x", 2))],
+        );
+        assert_eq!(
+            mutate(&js).err().map(|d| (d.code, d.message)),
+            Some((
+                422,
+                "restart.jobset.dev/containers: \"trainr\": no container or sidecar \"trainr\" \
+                 in the replicated jobs it applies to; they have: trainer0, x0, x1"
+                    .to_owned()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_container_name_found_in_one_replicated_job_only_warns() {
+        let mut ann = enabled();
+        ann[annotations::CONTAINERS] = json!("c0");
+        let js = jobset(
+            ann,
+            vec![("a", containers("c", 1)), ("b", containers("d", 1))],
+        );
+        let m = mutate(&js).unwrap_or_else(|d| panic!("{d}"));
+        assert_eq!(
+            m.summary.as_deref(),
+            Some("a/c0=RestartAllContainers:NotIn(0)")
+        );
+        // Replicated job `b` gets no rule, so its pod template keeps its restartPolicy.
+        let out = assert_idempotent(&js, &m);
+        let b = &out["spec"]["replicatedJobs"][1]["template"]["spec"]["template"]["spec"];
+        assert!(b.get("restartPolicy").is_none(), "{b}");
+        assert!(
+            m.warnings
+                .iter()
+                .any(|w| w.contains("replicated job \"b\": no container gets the restart rule")),
+            "{:?}",
+            m.warnings
+        );
+    }
+
+    #[test]
+    fn a_replicated_job_level_typo_is_blamed_on_that_annotation() {
+        let mut js = jobset(enabled(), vec![("a", containers("c", 2))]);
+        js["spec"]["replicatedJobs"][0]["template"]["metadata"] =
+            json!({ "annotations": { annotations::CONTAINERS: "c1, c9" } });
+        assert_eq!(
+            mutate(&js).err().map(|d| d.message),
+            Some(
+                "replicated job \"a\": restart.jobset.dev/containers: \"c1,c9\": no container \
+                 or sidecar \"c9\" in the replicated jobs it applies to; they have: c0, c1"
+                    .to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn preset_and_config_container_typos_name_their_source() {
+        let config = Config::from_yaml(
+            "presets:\n  p: {containers: [nope]}\ndefaults: {containers: [gone]}\n",
+            "test",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut ann = enabled();
+        ann[annotations::PRESET] = json!("p");
+        let js = jobset(ann, vec![("a", containers("c", 1))]);
+        let m = mutate_jobset(&js.to_string(), &ctx(&config));
+        assert_eq!(
+            m.err().map(|d| d.message),
+            Some(
+                "restart.jobset.dev/preset: \"p\": its containers \"nope\": no container or \
+                 sidecar \"nope\" in the replicated jobs it applies to; they have: c0"
+                    .to_owned()
+            )
+        );
+        let js = jobset(enabled(), vec![("a", containers("c", 1))]);
+        let m = mutate_jobset(&js.to_string(), &ctx(&config));
+        assert_eq!(
+            m.err().map(|d| (d.code, d.message)),
+            Some((
+                422,
+                "the cluster config's defaults.containers \"gone\": no container or sidecar \
+                 \"gone\" in the replicated jobs it applies to; they have: c0"
+                    .to_owned()
+            ))
+        );
+    }
+
+    #[test]
+    fn enabled_but_every_container_user_set_changes_nothing() {
+        let user = json!({ "name": "m", "restartPolicy": "Never", "restartPolicyRules": [
+            { "action": "Restart", "exitCodes": { "operator": "In", "values": [3] } }] });
+        let js = jobset(enabled(), vec![("a", vec![user])]);
+        let m = mutate(&js).unwrap_or_else(|d| panic!("{d}"));
+        assert!(m.patch.is_empty(), "{:?}", m.patch);
+        assert_eq!(m.summary, None);
+        assert!(
+            m.warnings
+                .iter()
+                .any(|w| w.contains("so the JobSet is left as it is")),
+            "{:?}",
+            m.warnings
+        );
     }
 
     #[test]

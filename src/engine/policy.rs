@@ -30,6 +30,25 @@ pub struct Resolved {
     pub exit_codes: ExitCodes,
     /// `None`: every regular container. `Some`: exactly the named containers and sidecars.
     pub containers: Option<Vec<String>>,
+    /// Where `containers` was written, so that a name that matches nothing can be blamed on
+    /// the annotation, preset or config that wrote it.
+    pub containers_from: ContainersFrom,
+}
+
+/// The source of a container list, highest precedence first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ContainersFrom {
+    /// No list: every regular container.
+    #[default]
+    Nowhere,
+    ReplicatedJob,
+    JobSet,
+    /// The preset `name`, named at `scope`.
+    Preset {
+        name: String,
+        scope: Scope,
+    },
+    Config,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,14 +208,36 @@ pub fn resolve(
         .and_then(|s| s.exit_codes.clone())
         .or_else(|| inputs.config.defaults.exit_codes.clone())
         .unwrap_or_else(ExitCodes::any_failure);
-    let containers = pick(&|s| s.containers.is_some())
-        .and_then(|s| s.containers.clone())
-        .or_else(|| inputs.config.defaults.containers.clone());
+    let layer = explicit
+        .iter()
+        .position(|s| s.is_some_and(|s| s.containers.is_some()));
+    let (containers, containers_from) = match layer {
+        Some(i) => (
+            explicit
+                .get(i)
+                .copied()
+                .flatten()
+                .and_then(|s| s.containers.clone()),
+            match i {
+                0 => ContainersFrom::ReplicatedJob,
+                1 => ContainersFrom::JobSet,
+                _ => ContainersFrom::Preset {
+                    name: preset_name.unwrap_or_default().to_owned(),
+                    scope: preset_scope.unwrap_or(Scope::JobSet),
+                },
+            },
+        ),
+        None => match &inputs.config.defaults.containers {
+            Some(c) => (Some(c.clone()), ContainersFrom::Config),
+            None => (None, ContainersFrom::Nowhere),
+        },
+    };
 
     Ok(Decision::Enabled(Resolved {
         action,
         exit_codes,
         containers,
+        containers_from,
     }))
 }
 

@@ -569,7 +569,162 @@ fn rule_variables(c: &Constants) -> Vec<Variable> {
             "size(variables.entries.filter(e, e.set != 'none'))".to_owned(),
         ),
         var("summary", summary()),
+        // Container and init container names per replicated job (`plan_pod_spec`'s `present`).
+        var(
+            "present",
+                            "variables.rjobs.map(rj, has(rj.template) && has(rj.template.spec) && \
+                 has(rj.template.spec.template) && has(rj.template.spec.template.spec) ? \
+                 [rj.template.spec.template.spec].map(ps, \
+                 (has(ps.containers) ? ps.containers.map(c, has(c.name) ? c.name : '') : []) + \
+                 (has(ps.initContainers) ? ps.initContainers.map(c, has(c.name) ? c.name : '') : []))[0] \
+                 : [])"
+                .to_owned(),
+        ),
+        var("typos", typos()),
+        var("settingsChanged", settings_changed()),
+        var(
+            "record",
+            format!(
+                "has(oldObject.metadata.annotations) && {a} in oldObject.metadata.annotations ? \
+                 oldObject.metadata.annotations[{a}] : ''",
+                a = lit(APPLIED)
+            ),
+        ),
+        // `rjob/container` of each entry of the record, and whether it was cut.
+        var(
+            "recordKeys",
+            "variables.record.split(', ').filter(e, e.contains('=')).map(e, e.split('=')[0])"
+                .to_owned(),
+        ),
+        var(
+            "recordCut",
+            "variables.record.split(', ').exists(e, e.startsWith('... and '))".to_owned(),
+        ),
+        var("restore", restore()),
+        // Every denial, in `mutate_jobset`'s order.
+        var(
+            "denials",
+            "variables.problems + variables.typos".to_owned(),
+        ),
     ]
+}
+
+/// `update::settings`: the `restart.jobset.dev/*` annotations (`applied` aside) of the JobSet
+/// and of its replicated jobs, as sorted `k=v` and `rjob|k=v` lists, compared between the
+/// object and the stored one.
+fn settings_changed() -> String {
+    let ours = |o: &str| {
+        format!(
+            "(has({o}.metadata.annotations) ? {o}.metadata.annotations.filter(k, k.startsWith({p}) && k != {a}) \
+               .map(k, k + '=' + {o}.metadata.annotations[k]).sort() : []) + \
+             (has({o}.spec) && has({o}.spec.replicatedJobs) ? {o}.spec.replicatedJobs.filter(rj, \
+               has(rj.template) && has(rj.template.metadata) && has(rj.template.metadata.annotations)) \
+               .map(rj, rj.template.metadata.annotations.filter(k, k.startsWith({p}) && k != {a}) \
+                 .map(k, (has(rj.name) ? rj.name : '') + '|' + k + '=' + rj.template.metadata.annotations[k])) \
+               .flatten().sort() : [])",
+            p = lit(PREFIX),
+            a = lit(APPLIED),
+        )
+    };
+    format!("{} != {}", ours("object"), ours("oldObject"))
+}
+
+/// `update::restore`: for each replicated job the record names (all when it was cut), the
+/// stored values of recorded containers that lost both fields, of recorded sidecars that lost
+/// their rules, and of the pod template's lost `restartPolicy`; then the lost record.
+fn restore() -> String {
+    let stored = |list: &str| {
+        format!(
+            "(has(ops.{list}) ? ops.{list}.filter(o, (has(o.name) ? o.name : '') == name) : [])"
+        )
+    };
+    let recorded =
+        "(variables.recordCut || (variables.rjNames[i] + '/' + name) in variables.recordKeys)";
+    let path = "'/spec/replicatedJobs/' + string(i) + '/template/spec/template/spec'";
+    let containers = format!(
+        "(has(ps.containers) ? lists.range(size(ps.containers)).map(j, [ps.containers[j]].map(c, \
+           [has(c.name) ? c.name : ''].map(name, \
+             !has(c.restartPolicy) && !has(c.restartPolicyRules) && {recorded} \
+             ? [{was}].map(w, size(w) == 0 ? [] : \
+                 (has(w[0].restartPolicy) ? [JSONPatch{{op: 'add', path: {path} + '/containers/' + string(j) + '/restartPolicy', value: w[0].restartPolicy}}] : []) + \
+                 (has(w[0].restartPolicyRules) ? [JSONPatch{{op: 'add', path: {path} + '/containers/' + string(j) + '/restartPolicyRules', value: w[0].restartPolicyRules}}] : []))[0] \
+             : [])[0])[0]).flatten() : [])",
+        was = stored("containers"),
+    );
+    let sidecars = format!(
+        "(has(ps.initContainers) ? lists.range(size(ps.initContainers)).map(j, [ps.initContainers[j]].map(c, \
+           [has(c.name) ? c.name : ''].map(name, \
+             !has(c.restartPolicyRules) && {recorded} \
+             ? [{was}].map(w, size(w) > 0 && has(w[0].restartPolicyRules) \
+                 ? [JSONPatch{{op: 'add', path: {path} + '/initContainers/' + string(j) + '/restartPolicyRules', value: w[0].restartPolicyRules}}] : [])[0] \
+             : [])[0])[0]).flatten() : [])",
+        was = stored("initContainers"),
+    );
+    let policy = format!(
+        "(!has(ps.restartPolicy) && has(ops.restartPolicy) \
+           ? [JSONPatch{{op: 'add', path: {path} + '/restartPolicy', value: ops.restartPolicy}}] : [])"
+    );
+    let has_spec = |r: &str| {
+        format!(
+            "has({r}.template) && has({r}.template.spec) && has({r}.template.spec.template) && \
+             has({r}.template.spec.template.spec)"
+        )
+    };
+    let old_rjobs = "(has(oldObject.spec) && has(oldObject.spec.replicatedJobs) ? oldObject.spec.replicatedJobs : [])";
+    let applied_path = format!(
+        "'/metadata/annotations/' + jsonpatch.escapeKey({})",
+        lit(APPLIED)
+    );
+    format!(
+        "lists.range(size(variables.rjobs)).filter(i, \
+           (variables.recordCut || variables.recordKeys.exists(k, k.startsWith(variables.rjNames[i] + '/'))) && \
+           {new_spec}) \
+         .map(i, [{old_rjobs}.filter(o, has(o.name) && o.name == variables.rjNames[i])].map(os, \
+           size(os) == 0 || !({old_spec}) ? [] : \
+           [variables.rjobs[i].template.spec.template.spec].map(ps, [os[0].template.spec.template.spec].map(ops, \
+             {containers} + {sidecars} + {policy})[0])[0])[0]).flatten() \
+         + (has(object.metadata.annotations) && {a} in object.metadata.annotations ? [] \
+           : has(object.metadata.annotations) \
+             ? [JSONPatch{{op: 'add', path: {applied_path}, value: variables.record}}] \
+             : [JSONPatch{{op: 'add', path: '/metadata/annotations', value: {{{a}: variables.record}}}}])",
+        new_spec = has_spec("variables.rjobs[i]"),
+        old_spec = has_spec("os[0]"),
+        a = lit(APPLIED),
+    )
+}
+
+/// `check_container_names`: a named container found in none of the replicated jobs its list
+/// applies to, blamed on the annotation, preset or config that named it.
+fn typos() -> String {
+    let with_defaults = "(variables.layers[i] + [dyn(variables.defaults)])";
+    let head = format!(
+        "[lists.range(4).filter(k, {c} in {with_defaults}[k])[0]].map(k, \
+         k == 0 ? {rjob_scope} + {ck} \
+         : k == 1 ? {ck} \
+         : k == 2 ? ({p} in variables.rjAnns[i] ? {rjob_scope} : '') + {pk} + {qp} + ': its containers ' \
+         : {config})[0]",
+        c = lit(CONTAINERS),
+        rjob_scope = format!(
+            "'replicated job ' + {} + ': '",
+            quote("variables.rjNames[i]")
+        ),
+        ck = lit(&format!("{CONTAINERS}: ")),
+        p = lit(PRESET),
+        pk = lit(&format!("{PRESET}: ")),
+        qp = quote("variables.presetNames[i]"),
+        config = lit("the cluster config's defaults.containers "),
+    );
+    format!(
+        "!variables.hasNames.exists(h, h) ? [] : \
+         [variables.work.filter(i, variables.hasNames[i])].map(w, w.map(i, \
+           variables.names[i].filter(n, !w.exists(j, n in variables.names[j] && n in variables.present[j])) \
+           .map(n, {head} + {qv} + ': no container or sidecar ' + {qn} + \
+             ' in the replicated jobs it applies to; ' + \
+             [w.filter(j, n in variables.names[j]).map(j, variables.present[j]).flatten().distinct()] \
+             .map(e, size(e) == 0 ? 'they have none' : 'they have: ' + e.join(', '))[0])).flatten())[0]",
+        qv = quote("variables.names[i].join(',')"),
+        qn = quote("n"),
+    )
 }
 
 /// The webhook's `Applied::finish`: the entries joined with `, ` as long as they fit in
@@ -615,12 +770,14 @@ pub fn mutation_patch() -> String {
         lit(APPLIED)
     );
     format!(
-        "size(variables.problems) > 0 || variables.changed > {MAX_CHANGED_CONTAINERS} ? [] : \
+        "request.operation == 'UPDATE' ? (variables.settingsChanged || variables.record == '' ? [] : variables.restore) : \
+         size(variables.denials) > 0 || variables.changed > {MAX_CHANGED_CONTAINERS} ? [] : \
          variables.entries.filter(e, e.set != 'none').map(e, e.set == 'both' \
            ? [JSONPatch{{op: 'add', path: e.path + '/restartPolicy', value: 'Never'}}, \
               JSONPatch{{op: 'add', path: e.path + '/restartPolicyRules', value: variables.rules[int(e.i)]}}] \
            : [JSONPatch{{op: 'add', path: e.path + '/restartPolicyRules', value: variables.rules[int(e.i)]}}]).flatten() \
-         + variables.work.filter(i, !has(variables.rjobs[i].template.spec.template.spec.restartPolicy)) \
+         + variables.work.filter(i, !has(variables.rjobs[i].template.spec.template.spec.restartPolicy) && \
+             variables.entries.exists(e, e.i == string(i))) \
            .map(i, JSONPatch{{op: 'add', path: '/spec/replicatedJobs/' + string(i) + '/template/spec/template/spec/restartPolicy', value: 'Never'}}) \
          + (variables.summary == '' || ({applied} in variables.anns && variables.anns[{applied}] == variables.summary) ? [] \
            : has(object.metadata.annotations) \

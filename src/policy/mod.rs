@@ -41,7 +41,11 @@ opt-out annotations, action, on-/except-exit-codes with lists and ranges, contai
 named sidecars), replicated-jobs, replicated-job overrides, presets, the namespace label
 default (read from namespaceObject at admission time), the cluster defaults, user-set
 fields never overridden, the pod template's restartPolicy, the applied annotation (cut at
-16 KiB), the limit of 1,024 changed containers per JobSet, and the denial texts.
+16 KiB), the limit of 1,024 changed containers per JobSet, a container name that matches
+no container, and the denial texts. On UPDATE (server-side re-apply, `kubectl replace`,
+a queue resuming the JobSet): fields the update drops that the stored applied record names
+are restored from the stored object, changed restart.jobset.dev settings are validated and
+never re-applied, and nothing is ever added that the stored object did not have.
 
 Where it differs from the webhook:
 - Denials come from the ValidatingAdmissionPolicy, in the validating phase (after every
@@ -49,7 +53,9 @@ Where it differs from the webhook:
   webhook's, except that values with control or non-printable characters other than
   newline, tab and carriage return are quoted differently.
 - No warnings: an admission policy cannot return them, so skipped containers, OnFailure
-  pod templates and unknown container names pass silently.
+  pod templates, container names missing from some replicated jobs, restored fields and
+  changed settings on UPDATE pass silently. The webhook leaves an UPDATE that dropped the
+  rules of more than 1,024 containers as it is; the policy restores them all.
 - No cluster probing: the action defaults to the config's (RestartAllContainers when the
   config sets none). On a cluster without RestartAllContainersOnContainerExits set
   `defaults.action: Restart`; the webhook would deny RestartAllContainers there itself.
@@ -69,7 +75,7 @@ pub fn generate(config: &Config) -> Vec<Document> {
         "resourceRules": [{
             "apiGroups": ["jobset.x-k8s.io"],
             "apiVersions": ["v1alpha2"],
-            "operations": ["CREATE"],
+            "operations": ["CREATE", "UPDATE"],
             "resources": ["jobsets"],
         }],
     });
@@ -128,15 +134,15 @@ pub fn generate(config: &Config) -> Vec<Document> {
                     "variables": variables_json(&vars),
                     "validations": [
                         {
-                            "expression": "size(variables.problems) == 0",
+                            "expression": "request.operation == 'UPDATE' && !variables.settingsChanged || size(variables.denials) == 0",
                             // Evaluated even when the validation passes (see
                             // `too_many_containers_message`): guarded, not an index error.
-                            "messageExpression": "size(variables.problems) > 0 ? variables.problems[0] : ''",
+                            "messageExpression": "request.operation == 'UPDATE' && !variables.settingsChanged || size(variables.denials) == 0 ? '' : variables.denials[0]",
                             "reason": "Invalid",
                         },
                         {
                             "expression": cel::layout(&format!(
-                                "size(variables.problems) > 0 || {}",
+                                "request.operation == 'UPDATE' && !variables.settingsChanged || size(variables.denials) > 0 || {}",
                                 cel::within_container_limit()
                             )),
                             "messageExpression": cel::layout(&cel::too_many_containers_message()),

@@ -296,10 +296,21 @@ impl Api {
 
     fn post(&self, namespace: &str, jobset: &Value, query: &str) -> Outcome {
         let path = format!("/apis/jobset.x-k8s.io/v1alpha2/namespaces/{namespace}/jobsets{query}");
-        let request = http::Request::post(path)
+        self.send(http::Request::post(path), namespace, jobset)
+    }
+
+    /// An unconditional update (no resourceVersion), as `kubectl replace` of a manifest sends.
+    fn replace(&self, namespace: &str, jobset: &Value) -> Outcome {
+        let name = jobset["metadata"]["name"].as_str().unwrap_or_default();
+        let path = format!("/apis/jobset.x-k8s.io/v1alpha2/namespaces/{namespace}/jobsets/{name}");
+        self.send(http::Request::put(path), namespace, jobset)
+    }
+
+    fn send(&self, request: http::request::Builder, namespace: &str, jobset: &Value) -> Outcome {
+        let request = request
             .header("content-type", "application/json")
             .body(jobset.to_string().into_bytes())
-            .expect("a create request");
+            .expect("a request");
         match self.rt.block_on(self.client.request::<Value>(request)) {
             Ok(stored) => Outcome::Stored(stored),
             Err(kube::Error::Api(status)) => {
@@ -318,6 +329,84 @@ impl Api {
                 "creating {} in {namespace}: {e}",
                 jobset["metadata"]["name"]
             ),
+        }
+    }
+}
+
+/// What the two engines did with the same requests, and where they differed.
+#[derive(Default)]
+struct Tally {
+    problems: Vec<String>,
+    /// Creates stored alike, refused alike.
+    same_stored: usize,
+    same_refused: usize,
+    /// Of the creates stored alike: with an applied annotation, cut, refused for their size.
+    with_applied: usize,
+    cut: usize,
+    over_limit: usize,
+    /// JobSets updated (twice each), updates that ended alike, replaces that got a record back.
+    updates: usize,
+    updates_same: usize,
+    restored: usize,
+}
+
+impl Tally {
+    fn compare(&mut self, what: &str, step: &str, outcomes: (Outcome, Outcome)) {
+        let create = step == "create";
+        let same = match outcomes {
+            (Outcome::Stored(a), Outcome::Stored(b)) => {
+                let mut diffs = Vec::new();
+                differences(&a["spec"], &b["spec"], "/spec", &mut diffs);
+                let (x, y) = (
+                    &a["metadata"]["annotations"][APPLIED],
+                    &b["metadata"]["annotations"][APPLIED],
+                );
+                if x != y {
+                    diffs.push(format!("applied: webhook {x}, policy {y}"));
+                }
+                if !diffs.is_empty() {
+                    self.problems
+                        .push(format!("{what}, {step}: {}", diffs.join("; ")));
+                    return;
+                }
+                if create {
+                    self.same_stored += 1;
+                    self.with_applied += usize::from(x.is_string());
+                    self.cut += usize::from(x.as_str().is_some_and(|t| t.contains(", ... and ")));
+                } else if step == "replace" && x.is_string() {
+                    self.restored += 1;
+                }
+                true
+            }
+            (Outcome::Refused(x, m), Outcome::Refused(y, n)) => {
+                if x != y || m != n {
+                    self.problems.push(format!(
+                        "{what}, {step}: both refused, webhook {x} {m:?}, policy {y} {n:?}"
+                    ));
+                    return;
+                }
+                if create {
+                    self.same_refused += 1;
+                    self.over_limit +=
+                        usize::from(m.contains("containers of this JobSet, more than the"));
+                }
+                true
+            }
+            (Outcome::Stored(_), Outcome::Refused(y, n)) => {
+                self.problems.push(format!(
+                    "{what}, {step}: the webhook stored it, the policy refused it ({y}): {n}"
+                ));
+                false
+            }
+            (Outcome::Refused(x, m), Outcome::Stored(_)) => {
+                self.problems.push(format!(
+                    "{what}, {step}: the policy stored it, the webhook refused it ({x}): {m}"
+                ));
+                false
+            }
+        };
+        if same && !create {
+            self.updates_same += 1;
         }
     }
 }
@@ -548,10 +637,8 @@ fn policy_and_webhook_store_the_same_jobsets() {
 
     let files = example_manifests();
 
-    let mut problems: Vec<String> = Vec::new();
-    let (mut same_stored, mut same_refused, mut with_applied, mut jobsets) = (0, 0, 0, 0);
-    // The bounds, seen in action: summaries cut, JobSets refused for their size.
-    let (mut cut, mut over_limit) = (0, 0);
+    let mut tally = Tally::default();
+    let mut jobsets = 0;
     let mut documents: Vec<(String, usize, Value)> = Vec::new();
     for file in &files {
         let file_name = file
@@ -595,57 +682,50 @@ fn policy_and_webhook_store_the_same_jobsets() {
                             "{file_name} #{d} {combo} with {} (in {} / {})",
                             engines.config, w_ns.name, p_ns.name
                         );
-                        match (api.create(w_ns, &doc), api.create(p_ns, &doc)) {
-                            (Outcome::Stored(a), Outcome::Stored(b)) => {
-                                let mut diffs = Vec::new();
-                                differences(&a["spec"], &b["spec"], "/spec", &mut diffs);
-                                let (x, y) = (
-                                    &a["metadata"]["annotations"][APPLIED],
-                                    &b["metadata"]["annotations"][APPLIED],
-                                );
-                                if x != y {
-                                    diffs.push(format!("applied: webhook {x}, policy {y}"));
-                                }
-                                if diffs.is_empty() {
-                                    same_stored += 1;
-                                    if x.is_string() {
-                                        with_applied += 1;
-                                    }
-                                    if x.as_str().is_some_and(|t| t.contains(", ... and ")) {
-                                        cut += 1;
-                                    }
-                                } else {
-                                    problems.push(format!("{what}: {}", diffs.join("; ")));
-                                }
-                            }
-                            (Outcome::Refused(x, m), Outcome::Refused(y, n)) => {
-                                if x == y && m == n {
-                                    same_refused += 1;
-                                    if m.contains("containers of this JobSet, more than the") {
-                                        over_limit += 1;
-                                    }
-                                } else {
-                                    problems.push(format!(
-                                        "{what}: both refused, webhook {x} {m:?}, policy {y} {n:?}"
-                                    ));
-                                }
-                            }
-                            (Outcome::Stored(_), Outcome::Refused(y, n)) => problems.push(format!(
-                                "{what}: the webhook stored it, the policy refused it ({y}): {n}"
-                            )),
-                            (Outcome::Refused(x, m), Outcome::Stored(_)) => problems.push(format!(
-                                "{what}: the policy stored it, the webhook refused it ({x}): {m}"
-                            )),
+                        let created = (api.create(w_ns, &doc), api.create(p_ns, &doc));
+                        let both_stored =
+                            matches!(created, (Outcome::Stored(_), Outcome::Stored(_)));
+                        tally.compare(&what, "create", created);
+                        if !both_stored {
+                            continue;
                         }
+                        // UPDATE 1: the manifest again, without anything either engine added
+                        // (`kubectl replace`; a server-side re-apply drops the same fields).
+                        let replaced = (api.replace(w_ns, &doc), api.replace(p_ns, &doc));
+                        tally.updates += 1;
+                        tally.compare(&what, "replace", replaced);
+                        // UPDATE 2: a changed setting that is invalid: refused alike.
+                        let mut changed = doc.clone();
+                        set(&mut changed, "on-exit-codes", "300");
+                        remove(&mut changed, "except-exit-codes");
+                        tally.compare(
+                            &what,
+                            "changed setting",
+                            (api.replace(w_ns, &changed), api.replace(p_ns, &changed)),
+                        );
                     }
                 }
             }
         }
     }
+    let Tally {
+        problems,
+        same_stored,
+        same_refused,
+        with_applied,
+        cut,
+        over_limit,
+        updates,
+        updates_same,
+        restored,
+    } = tally;
     eprintln!(
         "[e2e] differential: {jobsets} JobSets x {} combinations x {} configs: {same_stored} \
          stored identically ({with_applied} with an applied annotation, {cut} of them cut), \
-         {same_refused} refused identically ({over_limit} for their size), {} differences",
+         {same_refused} refused identically ({over_limit} for their size); {updates} of the \
+         stored ones updated twice (replaced by their manifest, then with a changed setting): \
+         {updates_same} updates ended identically ({restored} restored an applied record); {} \
+         differences",
         COMBINATIONS.len(),
         CONFIGS.len(),
         problems.len()
@@ -655,6 +735,11 @@ fn policy_and_webhook_store_the_same_jobsets() {
         "{} difference(s) between the webhook and the policy:\n{}",
         problems.len(),
         problems.join("\n")
+    );
+    assert!(
+        updates_same == 2 * updates && restored * 2 >= updates,
+        "updates: {updates_same} of {} ended alike, {restored} restored a record",
+        2 * updates
     );
     check_sees_the_policies(c);
     assert!(

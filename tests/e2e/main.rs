@@ -31,6 +31,7 @@ mod gates;
 mod manifests;
 mod old_crd;
 mod ordering;
+mod writers;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;

@@ -1,0 +1,402 @@
+//! JobSet UPDATE: keep what CREATE decided.
+//!
+//! Server-side apply records the webhook's additions under the *applier's* field manager, so
+//! re-applying a manifest that lacks them removes them; `kubectl replace` and `kubectl apply`
+//! send the manifest back without them too. JobSet refuses most changes to the pod templates
+//! of a JobSet it runs, so such an update would fail for good (or, while suspended, quietly
+//! drop the rules). The `applied` annotation of the stored object is the record of what was
+//! injected; an update that drops those fields gets them back, copied from the stored object.
+//!
+//! The rules, in order:
+//! 1. If the update changes any `restart.jobset.dev/*` setting (JobSet or replicated-job
+//!    annotations; `applied` aside), the new annotations are validated as on CREATE (invalid:
+//!    refused with the same text) and nothing is added or restored: settings take effect when
+//!    a JobSet is created, and a user who edits them (e.g. `in-place: disabled` on a suspended
+//!    JobSet) is never fought. A warning says so.
+//! 2. Else, if the stored object has no `applied` record, nothing happens: UPDATE never adds
+//!    rules the stored object did not have.
+//! 3. Else every container the record names (`rjob/container`; every container when the
+//!    record was cut) that lost both `restartPolicy` and `restartPolicyRules` (sidecars: the
+//!    rules) gets the stored values back; a recorded replicated job's pod template that lost
+//!    its `restartPolicy` gets the stored one; a lost `applied` annotation comes back. Fields
+//!    the update sets itself are left alone.
+//!
+//! An update that drops nothing of ours gets an empty answer after reading the two views.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use json_patch::jsonptr::PointerBuf;
+use serde_json::{Value, json};
+
+use super::annotations::{self, APPLIED, quote};
+use super::mutate::{
+    Container, Context, Denial, JobSetDoc, MAX_CHANGED_CONTAINERS, Mutation, PodSpec, StrMap,
+    mutate_jobset,
+};
+
+/// The warning of rule 1.
+pub const SETTINGS_CHANGED: &str = "this update changes restart.jobset.dev annotations: they \
+     take effect when a JobSet is created, so the webhook neither adds nor restores restart \
+     rules on this JobSet now; recreate it to apply the new settings";
+
+/// Mutates a JobSet UPDATE: `raw` is `request.object`, `old_raw` is `request.oldObject`.
+pub fn update_jobset(raw: &str, old_raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
+    let (Ok(new), Ok(old)) = (
+        serde_json::from_str::<JobSetDoc<'_>>(raw),
+        serde_json::from_str::<JobSetDoc<'_>>(old_raw),
+    ) else {
+        // A JobSet the views cannot read: CREATE's checks explain it when it matters.
+        return mutate_jobset(raw, ctx).map(|_| Mutation::default());
+    };
+    if settings(&new) != settings(&old) {
+        return mutate_jobset(raw, ctx).map(|_| Mutation {
+            warnings: vec![SETTINGS_CHANGED.to_owned()],
+            ..Mutation::default()
+        });
+    }
+    let Some(record) = annotations_of(&old).and_then(|a| a.get(APPLIED)) else {
+        return Ok(Mutation::default());
+    };
+    restore(&new, &old, record)
+}
+
+fn annotations_of<'d, 'a>(doc: &'d JobSetDoc<'a>) -> Option<&'d StrMap<'a>> {
+    doc.metadata.as_ref().and_then(|m| m.annotations.as_ref())
+}
+
+type Pairs<'d> = Vec<(&'d str, &'d str)>;
+
+/// The `restart.jobset.dev/*` settings of a JobSet: its own, then per replicated job that has
+/// any (by name, sorted), so that adding a replicated job without settings changes nothing.
+fn settings<'d>(doc: &'d JobSetDoc<'_>) -> (Pairs<'d>, Vec<(&'d str, Pairs<'d>)>) {
+    fn ours<'d>(map: Option<&'d StrMap<'_>>) -> Pairs<'d> {
+        map.into_iter()
+            .flatten()
+            .filter(|(k, _)| k.starts_with(annotations::PREFIX) && k.as_ref() != APPLIED)
+            .map(|(k, v)| (k.as_ref(), v.as_ref()))
+            .collect()
+    }
+    let mut rjobs: Vec<(&str, Pairs<'d>)> = doc
+        .spec
+        .iter()
+        .flat_map(|s| &s.replicated_jobs)
+        .map(|rj| {
+            let meta = rj.template.as_ref().and_then(|t| t.metadata.as_ref());
+            (
+                rj.name.as_deref().unwrap_or_default(),
+                ours(meta.and_then(|m| m.annotations.as_ref())),
+            )
+        })
+        .filter(|(_, pairs)| !pairs.is_empty())
+        .collect();
+    rjobs.sort();
+    (ours(annotations_of(doc)), rjobs)
+}
+
+fn pod_spec<'d, 'a>(doc: &'d JobSetDoc<'a>, rjob: &str) -> Option<(usize, &'d PodSpec<'a>)> {
+    doc.spec
+        .iter()
+        .flat_map(|s| s.replicated_jobs.iter().enumerate())
+        .find(|(_, rj)| rj.name.as_deref() == Some(rjob))
+        .and_then(|(i, rj)| {
+            let ps = rj.template.as_ref()?.spec.as_ref()?.template.as_ref()?;
+            Some((i, ps.spec.as_ref()?))
+        })
+}
+
+/// The stored containers of one list, by name (each read once).
+fn by_name<'a>(
+    list: Option<&Vec<&'a serde_json::value::RawValue>>,
+    base: &PointerBuf,
+    field: &str,
+) -> Result<HashMap<String, Container<'a>>, Denial> {
+    let mut out = HashMap::new();
+    for (j, raw) in list.into_iter().flatten().enumerate() {
+        let c = Container::read(raw, base, field, j)?;
+        let name = c.name.as_deref().unwrap_or_default().to_owned();
+        out.entry(name).or_insert(c);
+    }
+    Ok(out)
+}
+
+/// Rule 3.
+fn restore(new: &JobSetDoc<'_>, old: &JobSetDoc<'_>, record: &str) -> Result<Mutation, Denial> {
+    let entries: Vec<&str> = record.split(", ").collect();
+    let cut = entries.iter().any(|e| e.starts_with("... and "));
+    // `rjob/container` of each entry; names are DNS labels, so `/`, `=` and `, ` separate.
+    let keys: Vec<(&str, &str)> = entries
+        .iter()
+        .filter_map(|e| e.split_once('=').and_then(|(k, _)| k.split_once('/')))
+        .collect();
+    let recorded =
+        |rjob: &str, container: &str| cut || keys.iter().any(|&(r, c)| r == rjob && c == container);
+
+    let mut out = Mutation::default();
+    let mut restored = 0usize;
+    for (i, rj) in new.spec.iter().flat_map(|s| &s.replicated_jobs).enumerate() {
+        let rjob = rj.name.as_deref().unwrap_or_default();
+        if !(cut || keys.iter().any(|&(r, _)| r == rjob)) {
+            continue;
+        }
+        let Some(ps) = rj
+            .template
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .and_then(|s| s.template.as_ref())
+            .and_then(|t| t.spec.as_ref())
+        else {
+            continue;
+        };
+        let Some((old_i, old_ps)) = pod_spec(old, rjob) else {
+            continue;
+        };
+        let base = PointerBuf::from_tokens(["spec", "replicatedJobs"])
+            .with_trailing_token(i)
+            .concat(&PointerBuf::from_tokens([
+                "template", "spec", "template", "spec",
+            ]));
+        let old_base = PointerBuf::from_tokens(["spec", "replicatedJobs"])
+            .with_trailing_token(old_i)
+            .concat(&PointerBuf::from_tokens([
+                "template", "spec", "template", "spec",
+            ]));
+
+        let stored = by_name(old_ps.containers.as_ref(), &old_base, "containers")?;
+        for (j, raw) in ps.containers.iter().flatten().enumerate() {
+            let c = Container::read(raw, &base, "containers", j)?;
+            let name = c.name.as_deref().unwrap_or_default();
+            if c.restart_policy.is_some() || c.restart_policy_rules.is_some() {
+                continue;
+            }
+            let Some(was) = stored.get(name).filter(|_| recorded(rjob, name)) else {
+                continue;
+            };
+            if was.restart_policy_rules.is_none() && was.restart_policy.is_none() {
+                continue;
+            }
+            let path = base
+                .with_trailing_token("containers")
+                .with_trailing_token(j);
+            if let Some(p) = &was.restart_policy {
+                out.patch
+                    .add_under(&path, "restartPolicy", Arc::new(json!(p)));
+            }
+            if let Some(r) = &was.restart_policy_rules {
+                out.patch
+                    .add_under(&path, "restartPolicyRules", Arc::new(r.clone()));
+            }
+            restored += 1;
+        }
+
+        if ps.init_containers.is_some() {
+            let stored = by_name(old_ps.init_containers.as_ref(), &old_base, "initContainers")?;
+            for (j, raw) in ps.init_containers.iter().flatten().enumerate() {
+                let c = Container::read(raw, &base, "initContainers", j)?;
+                let name = c.name.as_deref().unwrap_or_default();
+                if c.restart_policy_rules.is_some() {
+                    continue;
+                }
+                let Some(rules) = stored
+                    .get(name)
+                    .filter(|_| recorded(rjob, name))
+                    .and_then(|was| was.restart_policy_rules.as_ref())
+                else {
+                    continue;
+                };
+                let path = base
+                    .with_trailing_token("initContainers")
+                    .with_trailing_token(j);
+                out.patch
+                    .add_under(&path, "restartPolicyRules", Arc::new(rules.clone()));
+                restored += 1;
+            }
+        }
+
+        if let (None, Some(p)) = (&ps.restart_policy, &old_ps.restart_policy) {
+            out.patch
+                .add_under(&base, "restartPolicy", Arc::new(json!(p)));
+        }
+    }
+    if restored > MAX_CHANGED_CONTAINERS {
+        return Ok(Mutation {
+            warnings: vec![format!(
+                "this update dropped the restart rules of {restored} containers; the webhook \
+                 restores at most {MAX_CHANGED_CONTAINERS}, so it left the update as it is"
+            )],
+            ..Mutation::default()
+        });
+    }
+
+    let current = annotations_of(new);
+    if current.is_none_or(|a| !a.contains_key(APPLIED)) {
+        let (tokens, value): (&[&str], Value) = match (&new.metadata, current) {
+            (_, Some(_)) => (&["metadata", "annotations", APPLIED], json!(record)),
+            (Some(_), None) => (&["metadata", "annotations"], json!({ APPLIED: record })),
+            (None, None) => (&["metadata"], json!({ "annotations": { APPLIED: record } })),
+        };
+        out.patch.add(tokens.iter().copied(), Arc::new(value));
+    }
+    if !out.patch.is_empty() {
+        out.warnings.push(format!(
+            "this update dropped what the webhook added when the JobSet was created; restored \
+             as recorded in {APPLIED} ({restored} containers): {}",
+            quote(record)
+        ));
+        out.summary = Some(record.to_owned());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{ClusterFacts, Config};
+
+    fn ctx(config: &Config) -> Context<'_> {
+        Context {
+            config,
+            namespace_labels: None,
+            facts: ClusterFacts::default(),
+        }
+    }
+
+    /// A manifest as a user writes it: opted in, a sidecar named in the list, no restart
+    /// fields anywhere.
+    fn manifest() -> Value {
+        json!({
+            "apiVersion": "jobset.x-k8s.io/v1alpha2",
+            "kind": "JobSet",
+            "metadata": { "name": "train", "annotations": {
+                "restart.jobset.dev/in-place": "enabled",
+                "restart.jobset.dev/containers": "trainer,log",
+            } },
+            "spec": { "suspend": true, "replicatedJobs": [
+                { "name": "workers", "template": { "spec": { "template": { "spec": {
+                    "initContainers": [{ "name": "log", "image": "x", "restartPolicy": "Always" }],
+                    "containers": [
+                        { "name": "trainer", "image": "x" },
+                        { "name": "other", "image": "x" },
+                    ],
+                } } } } },
+                { "name": "driver", "template": { "spec": { "template": { "spec": {
+                    "restartPolicy": "OnFailure",
+                    "containers": [{ "name": "main", "image": "x" }],
+                } } } } },
+            ] },
+        })
+    }
+
+    /// What the API server stores after CREATE.
+    fn stored(config: &Config) -> Value {
+        let mut js = manifest();
+        let m = mutate_jobset(&js.to_string(), &ctx(config)).unwrap_or_else(|d| panic!("{d}"));
+        m.patch.apply(&mut js).unwrap_or_else(|e| panic!("{e}"));
+        js
+    }
+
+    fn update(new: &Value, old: &Value) -> Result<Mutation, Denial> {
+        let config = Config::default();
+        update_jobset(&new.to_string(), &old.to_string(), &ctx(&config))
+    }
+
+    fn applied(m: &Mutation, to: &Value) -> Value {
+        let mut out = to.clone();
+        m.patch.apply(&mut out).unwrap_or_else(|e| panic!("{e}"));
+        out
+    }
+
+    #[test]
+    fn an_update_that_drops_our_fields_gets_them_back() {
+        let old = stored(&Config::default());
+        assert_ne!(old, manifest(), "CREATE changed nothing");
+        let m = update(&manifest(), &old).unwrap_or_else(|d| panic!("{d}"));
+        assert_eq!(applied(&m, &manifest()), old);
+        assert_eq!(
+            m.summary.as_deref(),
+            old["metadata"]["annotations"][APPLIED].as_str()
+        );
+        assert!(
+            m.warnings.iter().any(|w| w.contains("(2 containers)")),
+            "{:?}",
+            m.warnings
+        );
+    }
+
+    #[test]
+    fn an_update_that_keeps_our_fields_gets_an_empty_answer() {
+        let old = stored(&Config::default());
+        let mut new = old.clone();
+        new["spec"]["suspend"] = json!(false);
+        new["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["nodeSelector"] =
+            json!({ "pool": "a" });
+        assert_eq!(update(&new, &old), Ok(Mutation::default()));
+    }
+
+    #[test]
+    fn fields_the_update_sets_itself_are_left_alone() {
+        let old = stored(&Config::default());
+        let mut new = manifest();
+        let trainer = &mut new["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+            ["containers"][0];
+        trainer["restartPolicy"] = json!("Always");
+        let m = update(&new, &old).unwrap_or_else(|d| panic!("{d}"));
+        let out = applied(&m, &new);
+        let spec = &out["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"];
+        assert_eq!(spec["containers"][0]["restartPolicy"], json!("Always"));
+        assert!(spec["containers"][0].get("restartPolicyRules").is_none());
+        // The sidecar, the pod template and the record still come back.
+        assert!(
+            spec["initContainers"][0]
+                .get("restartPolicyRules")
+                .is_some()
+        );
+        assert_eq!(spec["restartPolicy"], json!("Never"));
+        assert!(out["metadata"]["annotations"].get(APPLIED).is_some());
+    }
+
+    #[test]
+    fn changed_settings_are_validated_and_never_fought() {
+        let old = stored(&Config::default());
+        let mut new = manifest();
+        new["metadata"]["annotations"]["restart.jobset.dev/in-place"] = json!("disabled");
+        let m = update(&new, &old).unwrap_or_else(|d| panic!("{d}"));
+        assert!(m.patch.is_empty(), "{:?}", m.patch);
+        assert_eq!(m.warnings, vec![SETTINGS_CHANGED.to_owned()]);
+
+        new["metadata"]["annotations"]["restart.jobset.dev/in-place"] = json!("yes please");
+        let d = update(&new, &old).err().map(|d| (d.code, d.message));
+        assert_eq!(
+            d.map(|(c, m)| (
+                c,
+                m.starts_with("restart.jobset.dev/in-place: \"yes please\"")
+            )),
+            Some((422, true))
+        );
+    }
+
+    #[test]
+    fn a_jobset_created_without_rules_gets_none_on_update() {
+        let mut old = manifest();
+        old["metadata"]["annotations"] = json!({ "restart.jobset.dev/containers": "trainer" });
+        let new = old.clone();
+        assert_eq!(update(&new, &old), Ok(Mutation::default()));
+    }
+
+    #[test]
+    fn a_cut_record_restores_every_stored_rule() {
+        let mut old = stored(&Config::default());
+        old["metadata"]["annotations"][APPLIED] = json!("... and 3 more");
+        let m = update(&manifest(), &old).unwrap_or_else(|d| panic!("{d}"));
+        assert_eq!(applied(&m, &manifest()), old);
+    }
+
+    #[test]
+    fn unreadable_objects_are_answered_as_on_create() {
+        let old = stored(&Config::default());
+        let mut new = manifest();
+        new["spec"]["replicatedJobs"] = json!("not a list");
+        let d = update(&new, &old).err().map(|d| d.code);
+        assert_eq!(d, Some(400));
+    }
+}

@@ -392,6 +392,25 @@ fn kueue_admission_preemption_and_readmission_keep_the_restart_rules() {
         done[0]["requestURI"], done[0]["requestObject"]
     );
 
+    // Each of Kueue's patches reached our webhook as an UPDATE that dropped nothing of ours,
+    // and got the empty answer.
+    let updates: Vec<Value> = webhook
+        .reviews(&ns, "train")
+        .into_iter()
+        .filter(|r| r["operation"] == "UPDATE" && r["dry_run"] == false)
+        .collect();
+    assert!(
+        updates.len() >= done.len(),
+        "expected the webhook to review each of Kueue's {} patches as an UPDATE: {updates:#?}",
+        done.len()
+    );
+    for r in &updates {
+        assert!(
+            r["outcome"] == "allowed" && r["patch_ops"] == 0,
+            "an UPDATE by Kueue got more than the empty answer: {r}"
+        );
+    }
+
     let log = c.log(KUEUE);
     let errors: Vec<&str> = log
         .lines()
@@ -414,7 +433,10 @@ fn kueue_admission_preemption_and_readmission_keep_the_restart_rules() {
     //    `replicatedJobs` list, so it sends the containers back without them. Replayed from
     //    a client on suspended, opted-in JobSets that Kueue does not manage (no queue label),
     //    without Kueue's `suspend: false`. Our webhook must restore what it injected (else
-    //    JobSet's validation refuses the change of a container as immutable).
+    //    JobSet's validation refuses the change of a container as immutable, and such a
+    //    Kueue can never admit the JobSet). The first case keeps the container's
+    //    `restartPolicy: Never`, which is what CREATE injected too (the `applied` record
+    //    names the container), so it is no sign of a user's own setting.
     let mut patch = done[0]["requestObject"].clone();
     patch["metadata"]
         .as_object_mut()
@@ -486,6 +508,15 @@ fn kueue_admission_preemption_and_readmission_keep_the_restart_rules() {
             &format!("{name}: patched without {strip:?}"),
         );
         assert_eq!(at(&patched, APPLIED), &applied, "{name}: {patched:#}");
+        let restored = webhook
+            .reviews(&ns, name)
+            .into_iter()
+            .any(|r| r["operation"] == "UPDATE" && r["patch_ops"].as_i64() > Some(0));
+        assert!(
+            restored,
+            "{name}: the webhook did not restore anything on the UPDATE: {:#?}",
+            webhook.reviews(&ns, name)
+        );
     }
     assert!(refused.is_empty(), "{}", refused.join("\n"));
 }

@@ -316,4 +316,23 @@ fn trainer_reapplies_keep_the_restart_rules_of_an_opted_in_namespace() {
     // Reconcile 5: a running JobSet is left alone by Trainer.
     reconcile(c, &ns, "tj", 5, false);
     check_jobset(c, &ns, "tj", "reconcile 5 (running)");
+
+    // Each forced re-apply reached our webhook as an UPDATE that dropped nothing of ours
+    // (the fields are owned by no manager), so each got the empty answer.
+    let updates: Vec<Value> = webhook
+        .reviews(&ns, "tj")
+        .into_iter()
+        .filter(|r| r["operation"] == "UPDATE" && r["dry_run"] == false)
+        .collect();
+    assert!(
+        updates.len() >= 3,
+        "expected the webhook to review Trainer's re-applies (reconciles 2, 3 and the resume) \
+         as UPDATEs: {updates:#?}"
+    );
+    for r in &updates {
+        assert!(
+            r["outcome"] == "allowed" && r["patch_ops"] == 0,
+            "an UPDATE by Trainer got more than the empty answer: {r}"
+        );
+    }
 }

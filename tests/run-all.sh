@@ -54,6 +54,13 @@ t0=$(date +%s)
 tests/cluster/build.sh --module helm >/dev/null
 echo "helm ready in $(( $(date +%s) - t0 ))s"
 
+step "third-party controllers that write JobSets in the e2e tests (tests/cluster/kueue, tests/cluster/trainer)"
+for m in kueue trainer; do
+    t0=$(date +%s)
+    bin="$(tests/cluster/build.sh --module "$m")"
+    echo "$m ready in $(( $(date +%s) - t0 ))s: $bin"
+done
+
 step "end-to-end tests on the real API server"
 t0=$(date +%s)
 cargo test --features e2e --test e2e -- --test-threads=2

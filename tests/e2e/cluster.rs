@@ -149,7 +149,7 @@ pub fn example_manifests() -> Vec<PathBuf> {
     files
 }
 
-fn build_sh(args: &[&str]) -> String {
+pub fn build_sh(args: &[&str]) -> String {
     let script = repo_root().join("tests/cluster/build.sh");
     let out = Command::new(&script)
         .args(args)
@@ -393,7 +393,7 @@ impl Cluster {
         self.dir.join("logs").join(format!("{name}.log"))
     }
 
-    fn spawn(&self, name: &str, cmd: Command) {
+    pub fn spawn(&self, name: &str, cmd: Command) {
         let proc = Proc::spawn(name, cmd, self.log_path(name), &self.tracker);
         self.procs
             .lock()

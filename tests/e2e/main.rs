@@ -18,6 +18,11 @@ mod node;
 mod util;
 mod webhook;
 
+// Third-party controllers that write JobSets (issue 14): Kueue and Kubeflow Trainer.
+mod addons;
+mod kueue;
+mod trainer;
+
 mod basic;
 mod client_auth;
 mod cluster_aware;

@@ -6,11 +6,13 @@
 pub mod annotations;
 pub mod config;
 pub mod mutate;
+pub mod nodes;
 pub mod patch;
 pub mod policy;
 
 pub use annotations::{Action, AnnotationError, ExitCodes, InPlace, Operator};
 pub use config::{Config, ConfigError, Targets};
 pub use mutate::{Context, Denial, Mutation, ParentJobSet, mutate_jobset, mutate_pod};
+pub use nodes::{NodeInfo, Nodes};
 pub use patch::Patch;
 pub use policy::ClusterFacts;

@@ -46,7 +46,7 @@ pub const MAX_CHANGED_CONTAINERS: usize = 1024;
 pub const MAX_APPLIED_BYTES: usize = 16 * 1024;
 
 /// Everything outside the object that a decision depends on.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Context<'a> {
     pub config: &'a Config,
     /// The labels of the object's namespace; `None` when unknown.
@@ -199,6 +199,19 @@ struct PodSpec<'a> {
     containers: Option<Vec<&'a RawValue>>,
     #[serde(borrow, default)]
     init_containers: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default)]
+    node_selector: Option<StrMap<'a>>,
+}
+
+impl PodSpec<'_> {
+    /// The `nodeSelector` as pairs, for [`crate::engine::nodes::Nodes::support`].
+    fn selector(&self) -> Vec<(&str, &str)> {
+        self.node_selector
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_ref(), v.as_ref()))
+            .collect()
+    }
 }
 
 #[derive(Deserialize)]
@@ -304,25 +317,27 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
         if !listed && rj_ann.settings.in_place.is_none() {
             continue;
         }
+        let pod_spec = rj
+            .template
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .and_then(|s| s.template.as_ref())
+            .and_then(|t| t.spec.as_ref());
+        let selector = pod_spec.map(PodSpec::selector).unwrap_or_default();
         let inputs = Inputs {
             jobset: &jobset,
             replicated_job: Some((name, rj_ann)),
             namespace,
             config: ctx.config,
-            facts: ctx.facts,
+            facts: &ctx.facts,
+            node_selector: &selector,
         };
         let resolved = match policy::resolve(&inputs, &mut out.warnings)? {
             Decision::Disabled => continue,
             Decision::Enabled(r) => r,
         };
         any_enabled = true;
-        let Some(pod_spec) = rj
-            .template
-            .as_ref()
-            .and_then(|t| t.spec.as_ref())
-            .and_then(|s| s.template.as_ref())
-            .and_then(|t| t.spec.as_ref())
-        else {
+        let Some(pod_spec) = pod_spec else {
             out.warnings.push(format!(
                 "replicated job {}: no pod template (template.spec.template.spec); left unchanged",
                 quote(name)
@@ -448,7 +463,8 @@ fn unreadable_jobset(
         replicated_job: None,
         namespace,
         config: ctx.config,
-        facts: ctx.facts,
+        facts: &ctx.facts,
+        node_selector: &[],
     };
     match policy::resolve(&inputs, &mut Vec::new())? {
         Decision::Disabled => Ok(Mutation::default()),
@@ -548,20 +564,30 @@ fn plan_pod(
         return Ok(());
     }
     let (namespace, _) = policy::namespace_default(ctx.namespace_labels);
+    // Read before the decision (its nodeSelector picks the nodes that count); an unreadable
+    // spec matters only when in-place restart applies.
+    let spec: Option<Result<PodSpec<'_>, String>> = head.spec.map(|raw| {
+        serde_json::from_str(raw.get())
+            .map_err(|e| format!("spec: not a pod spec the webhook can read: {e}"))
+    });
+    let selector = match &spec {
+        Some(Ok(s)) => s.selector(),
+        _ => Vec::new(),
+    };
     let inputs = Inputs {
         jobset: &jobset,
         replicated_job: Some((rjob_name, &rj)),
         namespace,
         config: ctx.config,
-        facts: ctx.facts,
+        facts: &ctx.facts,
+        node_selector: &selector,
     };
     let resolved = match policy::resolve(&inputs, &mut out.warnings).map_err(|e| e.to_string())? {
         Decision::Disabled => return Ok(()),
         Decision::Enabled(r) => r,
     };
-    let spec: PodSpec<'_> = match head.spec {
-        Some(raw) => serde_json::from_str(raw.get())
-            .map_err(|e| format!("spec: not a pod spec the webhook can read: {e}"))?,
+    let spec = match spec {
+        Some(s) => s?,
         None => return Ok(()),
     };
     let mut applied = Applied::default();

@@ -24,6 +24,7 @@ mod deploy;
 mod differential;
 mod gates;
 mod manifests;
+mod nodes;
 mod old_crd;
 mod ordering;
 

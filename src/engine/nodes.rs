@@ -12,8 +12,8 @@
 //! the best guess. Node affinity, taints and tolerations are not considered: they would
 //! need the scheduler's full logic, and `nodeSelector` is how JobSets pick a pool.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 /// The name a node declares in `status.declaredFeatures` when its kubelet can restart all
 /// containers of a pod in place.
@@ -30,12 +30,40 @@ pub struct NodeInfo {
 }
 
 /// The cluster's nodes at one moment, with the cluster-wide counts precomputed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// A snapshot never changes (the watch builds a new one), so the answer for a
+/// `nodeSelector` is kept: a pass over 5,000 nodes took ~0.7 ms, a kept answer a hash
+/// lookup (docs/BENCHMARKS.md). At most [`MEMO`] selectors are kept per snapshot, so that
+/// JobSets with ever new selectors cannot grow it; beyond that each pays the pass.
+#[derive(Debug, Default)]
 pub struct Nodes {
     nodes: Vec<Arc<NodeInfo>>,
     schedulable: usize,
     declaring: usize,
+    memo: Mutex<HashMap<Vec<(String, String)>, Support>>,
 }
+
+/// Selectors whose answer a snapshot keeps.
+pub const MEMO: usize = 256;
+
+impl Clone for Nodes {
+    fn clone(&self) -> Self {
+        Self {
+            nodes: self.nodes.clone(),
+            schedulable: self.schedulable,
+            declaring: self.declaring,
+            memo: Mutex::default(),
+        }
+    }
+}
+
+impl PartialEq for Nodes {
+    fn eq(&self, other: &Self) -> bool {
+        self.nodes == other.nodes
+    }
+}
+
+impl Eq for Nodes {}
 
 /// How many nodes a pod template can land on, and how many of those declare [`FEATURE`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +103,7 @@ impl Nodes {
             schedulable: usable().count(),
             declaring: usable().filter(|n| n.declares).count(),
             nodes,
+            memo: Mutex::default(),
         }
     }
 
@@ -103,6 +132,24 @@ impl Nodes {
         if node_selector.is_empty() {
             return cluster;
         }
+        let key: Vec<(String, String)> = node_selector
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        // A panic cannot leave the map half-written; a poisoned lock is still usable.
+        let memo = || self.memo.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = memo().get(&key) {
+            return *s;
+        }
+        let found = self.scan(node_selector, cluster);
+        let mut m = memo();
+        if m.len() < MEMO {
+            m.insert(key, found);
+        }
+        found
+    }
+
+    fn scan(&self, node_selector: &[(&str, &str)], cluster: Support) -> Support {
         let (mut nodes, mut declaring) = (0, 0);
         for n in self.nodes.iter().filter(|n| !n.unschedulable) {
             let matches = node_selector
@@ -169,6 +216,21 @@ mod tests {
         let none = nodes.support(&[("pool", "gpu"), ("zone", "a")]);
         assert_eq!(none, all, "no node in the pool: the cluster stands in");
         assert_eq!(nodes.support(&[("pool", "tpu")]), all);
+        // kept answers are the same answers
+        assert_eq!(nodes.support(&[("pool", "cpu")]), cpu);
+        assert_eq!(nodes.memo.lock().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn the_memo_is_bounded() {
+        let nodes = Nodes::new(vec![node("gpu", true, false)]);
+        for i in 0..MEMO + 10 {
+            let v = i.to_string();
+            nodes.support(&[("pool", &v)]);
+        }
+        assert_eq!(nodes.memo.lock().unwrap().len(), MEMO);
+        assert!(nodes.support(&[("pool", "gpu")]).all(), "still answered");
+        assert_eq!(nodes.clone(), nodes);
     }
 
     #[test]

@@ -343,7 +343,7 @@ fn pruning_crd_with_pod_target_leaves_the_containers_to_the_pods() {
     let ctx = Context {
         config: &config,
         namespace_labels: None,
-        facts,
+        facts: facts.clone(),
     };
     let doc = yaml_docs(&fixture("jobsets/single.yaml")).remove(0);
     let m = mutate_jobset(&doc.to_string(), &ctx).expect("allowed");

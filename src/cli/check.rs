@@ -2,7 +2,8 @@
 //! webhook is registered there? (SPEC §6, §7)
 //!
 //! It asks the API server itself (the same probes `serve` runs: `/version`, dry-run Pods,
-//! the JobSet CRD's schema), reads our MutatingWebhookConfiguration, and checks that each
+//! the JobSet CRD's schema), lists the nodes (which of them declare
+//! `RestartAllContainersOnContainerExits`), reads our MutatingWebhookConfiguration, and checks that each
 //! webhook's `caBundle` verifies the serving certificate: for a `url` clientConfig by a TLS
 //! handshake that trusts only the caBundle; for a `service` clientConfig (routable only
 //! inside the cluster) from the Secret holding the certificate.
@@ -26,8 +27,10 @@ use rustls::{ClientConfig, RootCertStore};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::cluster::node::{self, SlimNode};
 use crate::cluster::probe::{self, Capabilities, Failure, Finding};
 use crate::engine::Targets;
+use crate::engine::nodes::FEATURE;
 use crate::policy;
 
 /// The name the shipped manifests register the webhook under.
@@ -81,6 +84,7 @@ pub struct Report {
     pub cluster: String,
     pub probe_namespace: String,
     pub capabilities: Capabilities,
+    pub nodes: NodesReport,
     pub webhook_configuration: WebhookReport,
     /// The admission-policy alternative (`policy`), by its objects' names.
     pub admission_policy: PolicyReport,
@@ -92,6 +96,113 @@ pub struct Report {
     /// Worth knowing, but in-place restart can work.
     pub warnings: Vec<String>,
     pub ok: bool,
+}
+
+/// The nodes, and whether they can run `RestartAllContainers` pods.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodesReport {
+    /// Every schedulable node declares `RestartAllContainersOnContainerExits`; `None` when
+    /// the nodes could not be listed or none is schedulable.
+    pub restart_all_containers: Finding,
+    /// `None` when the nodes could not be listed.
+    pub total: Option<usize>,
+    pub schedulable: Option<usize>,
+    pub declaring: Option<usize>,
+}
+
+impl NodesReport {
+    /// From a node list (or why there is none).
+    pub fn from_list(result: Result<Vec<SlimNode>, Failure>) -> Self {
+        let nodes = match result {
+            Ok(n) => n,
+            Err(e) => {
+                let hint = match &e {
+                    Failure::Api { code: 403, .. } => {
+                        " (listing nodes needs the list verb on nodes, as in the webhook's \
+                         ClusterRole)"
+                    }
+                    _ => "",
+                };
+                return Self {
+                    restart_all_containers: Finding {
+                        value: None,
+                        detail: format!("could not list the nodes: {e}{hint}"),
+                    },
+                    ..Self::default()
+                };
+            }
+        };
+        let summary =
+            crate::engine::Nodes::new(nodes.into_iter().map(|n| Arc::new(n.info)).collect());
+        let (total, schedulable, declaring) =
+            (summary.total(), summary.schedulable(), summary.declaring());
+        let cordoned = match total - schedulable {
+            0 => String::new(),
+            n => format!(" ({n} cordoned not counted)"),
+        };
+        let restart_all_containers = if schedulable == 0 {
+            let what = if total == 0 {
+                "no nodes".to_owned()
+            } else {
+                format!("{total} nodes, none schedulable{cordoned}")
+            };
+            Finding {
+                value: None,
+                detail: format!(
+                    "{what}: which kubelets will run the pods is unknown, so the API server's \
+                     answer decides the default action"
+                ),
+            }
+        } else {
+            Finding {
+                value: Some(declaring == schedulable),
+                detail: format!(
+                    "{declaring} of {schedulable} schedulable nodes declare {FEATURE}{cordoned}"
+                ),
+            }
+        };
+        Self {
+            restart_all_containers,
+            total: Some(total),
+            schedulable: Some(schedulable),
+            declaring: Some(declaring),
+        }
+    }
+
+    /// Warnings about the nodes (never problems: `Restart` needs nothing from them).
+    pub fn warnings(&self, caps: &Capabilities) -> Vec<String> {
+        if caps.restart_policy_rules.value == Some(false)
+            || caps.restart_all_containers.value == Some(false)
+        {
+            // The API server already rules RestartAllContainers out.
+            return Vec::new();
+        }
+        let (Some(schedulable), Some(declaring)) = (self.schedulable, self.declaring) else {
+            return vec![self.restart_all_containers.detail.clone()];
+        };
+        if schedulable == 0 {
+            vec![format!(
+                "no schedulable nodes: {}",
+                self.restart_all_containers.detail
+            )]
+        } else if declaring == 0 {
+            vec![format!(
+                "no schedulable node declares {FEATURE} (kubelets older than 1.35, or the gate \
+                 is off on them): the webhook defaults to Restart and denies JobSets that ask \
+                 for RestartAllContainers"
+            )]
+        } else if declaring < schedulable {
+            vec![format!(
+                "only {declaring} of {schedulable} schedulable nodes declare {FEATURE}: the \
+                 webhook defaults to Restart, except for pod templates whose nodeSelector picks \
+                 only nodes that declare it; JobSets that ask for RestartAllContainers run on \
+                 those nodes only"
+            )]
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -164,6 +275,7 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     let namespace = args.namespace.clone().unwrap_or(default_namespace);
     let capabilities = probe::probe(&client, &namespace).await;
+    let nodes = NodesReport::from_list(node::list(&client).await);
     let (webhook, mwc) = read_webhook(&client, &args.webhook_configuration).await;
     let admission_policy = read_policy(&client).await;
     let mut webhook = webhook;
@@ -178,11 +290,13 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             "the default (no webhook configuration)".to_owned(),
         ),
     };
-    let (problems, warnings) = assess(&capabilities, &webhook, &admission_policy, targets);
+    let (problems, mut warnings) = assess(&capabilities, &webhook, &admission_policy, targets);
+    warnings.extend(nodes.warnings(&capabilities));
     let report = Report {
         cluster,
         probe_namespace: namespace,
         capabilities,
+        nodes,
         webhook_configuration: webhook,
         admission_policy,
         targets: targets.to_string(),
@@ -795,6 +909,14 @@ pub fn table(r: &Report) -> String {
             c.jobset_crd_keeps_rules.detail.clone(),
         ),
         (
+            "nodes declaring RestartAllContainersOnContainerExits".into(),
+            match (r.nodes.declaring, r.nodes.schedulable) {
+                (Some(d), Some(s)) => format!("{d} of {s}"),
+                _ => "unknown".into(),
+            },
+            r.nodes.restart_all_containers.detail.clone(),
+        ),
+        (
             "webhook registered".into(),
             word(r.webhook_configuration.registered.value).into(),
             r.webhook_configuration.registered.detail.clone(),
@@ -947,6 +1069,70 @@ mod tests {
         assert!(
             w.iter().any(|w| w.contains("defaults.action: Restart")),
             "{w:?}"
+        );
+    }
+
+    fn slim(declares: bool, unschedulable: bool) -> SlimNode {
+        SlimNode {
+            info: crate::engine::NodeInfo {
+                declares,
+                unschedulable,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn nodes_are_counted_and_warned_about() {
+        let good = caps(Some(true), Some(true), Some(true), Some(true));
+        let all = NodesReport::from_list(Ok(vec![slim(true, false), slim(false, true)]));
+        assert_eq!(all.restart_all_containers.value, Some(true));
+        assert_eq!(
+            all.restart_all_containers.detail,
+            "1 of 1 schedulable nodes declare RestartAllContainersOnContainerExits (1 cordoned \
+             not counted)"
+        );
+        assert_eq!(
+            (all.total, all.schedulable, all.declaring),
+            (Some(2), Some(1), Some(1))
+        );
+        assert!(all.warnings(&good).is_empty());
+
+        let some = NodesReport::from_list(Ok(vec![slim(true, false), slim(false, false)]));
+        assert_eq!(some.restart_all_containers.value, Some(false));
+        let w = some.warnings(&good);
+        assert!(
+            w[0].starts_with("only 1 of 2 schedulable nodes declare"),
+            "{w:?}"
+        );
+
+        let none = NodesReport::from_list(Ok(vec![slim(false, false)]));
+        let w = none.warnings(&good);
+        assert!(
+            w[0].contains("denies JobSets that ask for RestartAllContainers"),
+            "{w:?}"
+        );
+        // the API server's "no" already says it all
+        let api_no = caps(Some(true), Some(false), Some(true), Some(true));
+        assert!(none.warnings(&api_no).is_empty());
+
+        let empty = NodesReport::from_list(Ok(vec![]));
+        assert_eq!(empty.restart_all_containers.value, None);
+        assert!(
+            empty.warnings(&good)[0].starts_with("no schedulable nodes: no nodes: which kubelets"),
+            "{:?}",
+            empty.warnings(&good)
+        );
+        let forbidden = NodesReport::from_list(Err(Failure::Api {
+            code: 403,
+            message: "nodes is forbidden".into(),
+        }));
+        assert_eq!(forbidden.total, None);
+        assert!(
+            forbidden.warnings(&good)[0].contains("needs the list verb on nodes"),
+            "{:?}",
+            forbidden.warnings(&good)
         );
     }
 
@@ -1150,6 +1336,7 @@ mod tests {
             cluster: "https://127.0.0.1:6443/".into(),
             probe_namespace: "default".into(),
             capabilities: c,
+            nodes: NodesReport::from_list(Ok(vec![slim(true, false), slim(false, false)])),
             webhook_configuration: webhook,
             admission_policy: no_policy(),
             targets: JOBSETS.to_string(),
@@ -1165,6 +1352,12 @@ mod tests {
             .find(|l| l.starts_with("JobSet CRD keeps the rules "))
             .unwrap_or_default();
         assert_eq!(row.split_whitespace().nth(5), Some("NO"), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l
+                    .starts_with("nodes declaring RestartAllContainersOnContainerExits  1 of 2 ")),
+            "{t}"
+        );
         assert!(
             t.contains("problem: the installed JobSet CRD prunes"),
             "{t}"

@@ -56,6 +56,14 @@ impl<V: Clone> Cache<V> {
         self.read().get(namespace)?.get(name).cloned()
     }
 
+    /// Every value, in no particular order.
+    pub fn values(&self) -> Vec<V> {
+        self.read()
+            .values()
+            .flat_map(|names| names.values().cloned())
+            .collect()
+    }
+
     pub fn synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
     }
@@ -146,7 +154,7 @@ impl<V: Clone> Cache<V> {
         self.map.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn record_error(&self, e: String) -> bool {
+    pub(super) fn record_error(&self, e: String) -> bool {
         self.errors.fetch_add(1, Ordering::Relaxed);
         let mut last = lock(&self.last_error);
         let changed = last.as_deref() != Some(e.as_str());
@@ -181,14 +189,46 @@ pub async fn run<K, V, S>(
     V: Clone,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
+    run_then(cache, stream, entry, |_| {}).await;
+}
+
+/// Which kind of watcher event was just applied (for [`run_then`]'s hook).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Init,
+    InitApply,
+    InitDone,
+    Apply,
+    Delete,
+}
+
+/// [`run`], calling `after` once each event has been applied to the cache (to keep
+/// something derived from the whole cache up to date).
+pub async fn run_then<K, V, S>(
+    cache: &Cache<V>,
+    stream: S,
+    entry: impl Fn(K) -> Option<(String, String, V)>,
+    mut after: impl FnMut(Applied),
+) where
+    V: Clone,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
     let mut stream = std::pin::pin!(stream);
     let mut last_logged: Option<Instant> = None;
     let mut logged_synced = false;
     while let Some(item) = stream.next().await {
         match item {
             Ok(event) => {
-                let done = matches!(event, watcher::Event::InitDone);
+                let kind = match &event {
+                    watcher::Event::Init => Applied::Init,
+                    watcher::Event::InitApply(_) => Applied::InitApply,
+                    watcher::Event::InitDone => Applied::InitDone,
+                    watcher::Event::Apply(_) => Applied::Apply,
+                    watcher::Event::Delete(_) => Applied::Delete,
+                };
+                let done = kind == Applied::InitDone;
                 cache.apply(event, &entry);
+                after(kind);
                 if cache.clear_error() {
                     info!(cache = cache.name(), "watch recovered");
                     last_logged = None;

@@ -6,6 +6,10 @@
 //! - JobSets (`jobset.x-k8s.io/v1alpha2`): a watch whose objects deserialize straight into
 //!   [`jobset::SlimJobSet`] (names and `restart.jobset.dev/*` annotations only), for the pod
 //!   target's parent lookup.
+//! - Nodes: a watch reduced to [`node::SlimNode`]s (labels, cordon, whether
+//!   `status.declaredFeatures` lists `RestartAllContainersOnContainerExits`), summarised
+//!   into an [`engine::Nodes`] snapshot whenever a node's reduced form changes: the default
+//!   action is `RestartAllContainers` only where the nodes declare it (`engine::nodes`).
 //! - Capabilities: [`probe`] at start and every `--capability-interval`; a failed probe
 //!   keeps the last known answer.
 //!
@@ -16,6 +20,7 @@
 
 pub mod cache;
 pub mod jobset;
+pub mod node;
 pub mod probe;
 
 use std::collections::BTreeMap;
@@ -23,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -32,11 +37,11 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use serde_json::json;
+use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use crate::admission::{ClusterView, Offline};
-use crate::engine::{ClusterFacts, Config, ParentJobSet, Targets};
+use crate::engine::{self, ClusterFacts, Config, NodeInfo, ParentJobSet, Targets};
 use crate::server::{ReadinessCheck, ServeArgs, ServerOptions};
 use cache::Cache;
 use probe::Capabilities;
@@ -73,6 +78,9 @@ type Labels = BTreeMap<String, String>;
 pub struct Cluster {
     namespaces: Cache<Arc<Labels>>,
     jobsets: Cache<Arc<jobset::CachedParent>>,
+    nodes: Cache<Arc<NodeInfo>>,
+    /// The nodes summarised for the engine; `None` until the node watch has listed them.
+    node_summary: ArcSwapOption<engine::Nodes>,
     capabilities: ArcSwap<Capabilities>,
     /// The first probe round has finished (whatever it found).
     probed: AtomicBool,
@@ -93,6 +101,8 @@ impl Cluster {
         Self {
             namespaces: Cache::new("namespaces"),
             jobsets: Cache::new("jobsets"),
+            nodes: Cache::new("nodes"),
+            node_summary: ArcSwapOption::empty(),
             capabilities: ArcSwap::from_pointee(Capabilities::default()),
             probed: AtomicBool::new(false),
             probed_at: AtomicU64::new(0),
@@ -106,6 +116,32 @@ impl Cluster {
 
     pub fn jobsets(&self) -> &Cache<Arc<jobset::CachedParent>> {
         &self.jobsets
+    }
+
+    pub fn nodes(&self) -> &Cache<Arc<NodeInfo>> {
+        &self.nodes
+    }
+
+    /// The nodes as the engine sees them; `None` until the node watch has listed them.
+    pub fn node_summary(&self) -> Option<Arc<engine::Nodes>> {
+        self.node_summary.load_full()
+    }
+
+    /// Rebuilds the engine's node snapshot from the cache (one pass, `Arc` clones only),
+    /// and logs when the counts change.
+    fn summarise_nodes(&self) {
+        let fresh = engine::Nodes::new(self.nodes.values());
+        let counts = |n: &engine::Nodes| (n.total(), n.schedulable(), n.declaring());
+        let before = self.node_summary.load();
+        if before.as_deref().map(counts) != Some(counts(&fresh)) {
+            info!(
+                nodes = fresh.total(),
+                schedulable = fresh.schedulable(),
+                declaring_restart_all_containers = fresh.declaring(),
+                "nodes"
+            );
+        }
+        self.node_summary.store(Some(Arc::new(fresh)));
     }
 
     pub fn capabilities(&self) -> Arc<Capabilities> {
@@ -161,6 +197,39 @@ impl Cluster {
         .await;
     }
 
+    /// The nodes watch, reduced to [`NodeInfo`]s while parsing. The engine's snapshot is
+    /// rebuilt after the list and after a watch event that changed what it holds (a new or
+    /// deleted node, a label, a cordon, the declared feature): a node's status updates
+    /// (conditions, images) change none of it and cost a comparison only.
+    pub async fn watch_nodes(&self, client: Client) {
+        let api: Api<node::SlimNode> = Api::all(client);
+        let config = watcher::Config::default().page_size(node::PAGE);
+        let stream = watcher(api, config).default_backoff();
+        let changed = AtomicBool::new(false);
+        cache::run_then(
+            &self.nodes,
+            stream,
+            |n: node::SlimNode| {
+                let name = n.metadata.name?;
+                if self.nodes.get("", &name).as_deref() != Some(&n.info) {
+                    changed.store(true, Ordering::Relaxed);
+                }
+                Some((String::new(), name, Arc::new(n.info)))
+            },
+            |applied| match applied {
+                cache::Applied::InitDone | cache::Applied::Delete => {
+                    changed.store(false, Ordering::Relaxed);
+                    self.summarise_nodes();
+                }
+                cache::Applied::Apply if changed.swap(false, Ordering::Relaxed) => {
+                    self.summarise_nodes()
+                }
+                _ => {}
+            },
+        )
+        .await;
+    }
+
     /// Probes now and then every `interval` (sooner after a round that could not tell).
     pub async fn probe_loop(&self, client: Client, namespace: String, interval: Duration) {
         loop {
@@ -188,9 +257,23 @@ impl Cluster {
             "restartAllContainers": c.restart_all_containers.value,
             "jobsetCrdInstalled": c.jobset_crd_installed.value,
             "jobsetCrdKeepsRules": c.jobset_crd_keeps_rules.value,
+            "nodes": self.nodes_detail(),
             "probedAt": self.probed_at.load(Ordering::Relaxed),
         })
         .to_string()
+    }
+
+    /// `{"total": 4, "schedulable": 3, "declaringRestartAllContainers": 3}`, or `null`
+    /// while the nodes are not known.
+    fn nodes_detail(&self) -> Value {
+        match self.node_summary() {
+            Some(n) => json!({
+                "total": n.total(),
+                "schedulable": n.schedulable(),
+                "declaringRestartAllContainers": n.declaring(),
+            }),
+            None => Value::Null,
+        }
     }
 }
 
@@ -210,7 +293,10 @@ impl ClusterView for Cluster {
     }
 
     fn facts(&self) -> ClusterFacts {
-        self.capabilities.load().facts()
+        ClusterFacts {
+            nodes: self.node_summary(),
+            ..self.capabilities.load().facts()
+        }
     }
 }
 
@@ -311,6 +397,9 @@ pub async fn serve_options(args: &ServeArgs) -> ServerOptions {
     let cl = client.clone();
     tokio::spawn(async move { c.watch_jobsets(cl).await });
     let c = cluster.clone();
+    let cl = client.clone();
+    tokio::spawn(async move { c.watch_nodes(cl).await });
+    let c = cluster.clone();
     let interval = args.cluster.capability_interval;
     let ns = namespace.clone();
     tokio::spawn(async move { c.probe_loop(client, ns, interval).await });
@@ -318,7 +407,7 @@ pub async fn serve_options(args: &ServeArgs) -> ServerOptions {
         probe_namespace = %namespace,
         capability_interval = ?interval,
         readiness_waits_for_caches = targets.pods,
-        "cluster: watching namespaces and JobSets, probing capabilities"
+        "cluster: watching namespaces, JobSets and nodes, probing capabilities"
     );
     ServerOptions {
         cluster: cluster.clone(),
@@ -348,7 +437,12 @@ impl ReadinessCheck for CachesCheck {
 
     fn check(&self) -> Result<String, String> {
         let c = &self.cluster;
-        let detail = format!("{}; {}", c.namespaces.describe(), c.jobsets.describe());
+        let detail = format!(
+            "{}; {}; {}",
+            c.namespaces.describe(),
+            c.jobsets.describe(),
+            c.nodes.describe()
+        );
         let synced = c.namespaces.synced() && c.jobsets.synced();
         if synced || !self.required {
             Ok(detail)
@@ -368,11 +462,17 @@ impl ReadinessCheck for CapabilitiesCheck {
     }
 
     fn check(&self) -> Result<String, String> {
-        if self.0.probed.load(Ordering::Acquire) {
-            Ok(self.0.capabilities_detail())
-        } else {
-            Err("probing the API server (first round not finished)".to_owned())
+        let c = &self.0;
+        if !c.probed.load(Ordering::Acquire) {
+            return Err("probing the API server (first round not finished)".to_owned());
         }
+        // Until the nodes are listed the default action would follow the API server alone.
+        // A node watch that fails (RBAC without nodes, say) does not hold readiness back:
+        // the webhook then works as it did without node awareness, and says so here.
+        if !c.nodes.synced() && c.nodes.errors() == 0 {
+            return Err(format!("listing the nodes ({})", c.nodes.describe()));
+        }
+        Ok(c.capabilities_detail())
     }
 }
 
@@ -411,6 +511,11 @@ struct CapabilityLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     cache: &'static str,
 }
@@ -422,16 +527,43 @@ impl Collector for ClusterMetrics {
         let g = ConstGauge::new(0i64);
         let mut e = encoder.encode_descriptor(
             "cluster_capability",
-            "What the API server and the JobSet CRD support (1 yes, 0 no; absent while unknown): \
-             container_restart_rules, restart_all_containers, jobset_crd_installed, \
-             jobset_crd_keeps_rules",
+            "What the API server, the JobSet CRD and the nodes support (1 yes, 0 no; absent \
+             while unknown): container_restart_rules, restart_all_containers, \
+             jobset_crd_installed, jobset_crd_keeps_rules, nodes_restart_all_containers (every \
+             schedulable node declares RestartAllContainersOnContainerExits; absent without \
+             schedulable nodes)",
             None,
             g.metric_type(),
         )?;
-        for (capability, value) in caps.gauges() {
+        let nodes = c.node_summary();
+        let all_nodes = nodes
+            .as_deref()
+            .filter(|n| n.schedulable() > 0)
+            .map(|n| n.declaring() == n.schedulable());
+        for (capability, value) in caps
+            .gauges()
+            .into_iter()
+            .chain([("nodes_restart_all_containers", all_nodes)])
+        {
             if let Some(v) = value {
                 ConstGauge::new(i64::from(v))
                     .encode(e.encode_family(&CapabilityLabels { capability })?)?;
+            }
+        }
+        if let Some(n) = &nodes {
+            let mut e = encoder.encode_descriptor(
+                "cluster_nodes",
+                "Nodes: total, schedulable (not cordoned), and declaring (schedulable nodes whose \
+                 status.declaredFeatures lists RestartAllContainersOnContainerExits)",
+                None,
+                g.metric_type(),
+            )?;
+            for (state, count) in [
+                ("total", n.total()),
+                ("schedulable", n.schedulable()),
+                ("declaring", n.declaring()),
+            ] {
+                ConstGauge::new(count as i64).encode(e.encode_family(&NodeLabels { state })?)?;
             }
         }
         let probed_at = c.probed_at.load(Ordering::Relaxed);
@@ -444,14 +576,17 @@ impl Collector for ClusterMetrics {
             )?;
             ConstGauge::new(probed_at as i64).encode(e)?;
         }
-        let caches = [c.namespaces.name(), c.jobsets.name()];
+        let caches = [c.namespaces.name(), c.jobsets.name(), c.nodes.name()];
         let mut e = encoder.encode_descriptor(
             "cluster_cache_objects",
             "Objects in the watch-backed caches",
             None,
             g.metric_type(),
         )?;
-        for (cache, n) in caches.iter().zip([c.namespaces.len(), c.jobsets.len()]) {
+        for (cache, n) in caches
+            .iter()
+            .zip([c.namespaces.len(), c.jobsets.len(), c.nodes.len()])
+        {
             ConstGauge::new(n as i64).encode(e.encode_family(&CacheLabels { cache })?)?;
         }
         let mut e = encoder.encode_descriptor(
@@ -460,9 +595,10 @@ impl Collector for ClusterMetrics {
             None,
             g.metric_type(),
         )?;
-        for (cache, s) in caches
-            .iter()
-            .zip([c.namespaces.synced(), c.jobsets.synced()])
+        for (cache, s) in
+            caches
+                .iter()
+                .zip([c.namespaces.synced(), c.jobsets.synced(), c.nodes.synced()])
         {
             ConstGauge::new(i64::from(s)).encode(e.encode_family(&CacheLabels { cache })?)?;
         }
@@ -473,9 +609,10 @@ impl Collector for ClusterMetrics {
             None,
             counter.metric_type(),
         )?;
-        for (cache, n) in caches
-            .iter()
-            .zip([c.namespaces.errors(), c.jobsets.errors()])
+        for (cache, n) in
+            caches
+                .iter()
+                .zip([c.namespaces.errors(), c.jobsets.errors(), c.nodes.errors()])
         {
             ConstCounter::new(n).encode(e.encode_family(&CacheLabels { cache })?)?;
         }
@@ -533,6 +670,18 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_node_watch_does_not_hold_readiness_back() {
+        let c = Arc::new(Cluster::new());
+        c.record_probe(Capabilities::default());
+        let caps = CapabilitiesCheck(c.clone());
+        assert!(caps.check().is_err());
+        c.nodes.record_error("nodes is forbidden".into());
+        let detail: serde_json::Value = serde_json::from_str(&caps.check().unwrap()).unwrap();
+        assert_eq!(detail["nodes"], serde_json::Value::Null);
+        assert_eq!(c.facts().nodes, None);
+    }
+
+    #[test]
     fn readiness_and_metrics() {
         let c = Arc::new(Cluster::new());
         let caches = CachesCheck {
@@ -567,7 +716,26 @@ mod tests {
             jobset_crd_installed: known(true),
             jobset_crd_keeps_rules: Finding::default(),
         });
+        let waiting = caps.check().unwrap_err();
+        assert!(waiting.starts_with("listing the nodes"), "{waiting}");
+        let node = |declares| NodeInfo {
+            declares,
+            ..NodeInfo::default()
+        };
+        c.nodes.apply(watcher::Event::<()>::Init, |()| None);
+        for (name, declares) in [("a", true), ("b", true), ("c", false)] {
+            c.nodes.apply(watcher::Event::InitApply(()), |()| {
+                Some((String::new(), name.to_owned(), Arc::new(node(declares))))
+            });
+        }
+        c.nodes.apply(watcher::Event::<()>::InitDone, |()| None);
+        c.summarise_nodes();
         let detail: serde_json::Value = serde_json::from_str(&caps.check().unwrap()).unwrap();
+        assert_eq!(
+            detail["nodes"],
+            json!({"total": 3, "schedulable": 3, "declaringRestartAllContainers": 2})
+        );
+        assert_eq!(c.facts().nodes.map(|n| n.declaring()), Some(2));
         assert_eq!(detail["serverVersion"], "v1.36.2");
         assert_eq!(detail["restartAllContainers"], false);
         assert_eq!(detail["jobsetCrdKeepsRules"], serde_json::Value::Null);
@@ -585,6 +753,11 @@ mod tests {
             "jobset_restart_webhook_cluster_cache_synced{cache=\"namespaces\"} 1",
             "jobset_restart_webhook_cluster_watch_errors_total{cache=\"jobsets\"} 0",
             "jobset_restart_webhook_pod_parent_unknown_total 0",
+            "jobset_restart_webhook_cluster_capability{capability=\"nodes_restart_all_containers\"} 0",
+            "jobset_restart_webhook_cluster_nodes{state=\"total\"} 3",
+            "jobset_restart_webhook_cluster_nodes{state=\"schedulable\"} 3",
+            "jobset_restart_webhook_cluster_nodes{state=\"declaring\"} 2",
+            "jobset_restart_webhook_cluster_cache_objects{cache=\"nodes\"} 3",
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");
         }

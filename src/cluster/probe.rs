@@ -86,6 +86,7 @@ impl Capabilities {
                 Some(true) => self.jobset_crd_keeps_rules.value,
                 _ => None,
             },
+            nodes: None,
         }
     }
 
@@ -591,7 +592,8 @@ mod tests {
             good.facts(),
             ClusterFacts {
                 restart_all_containers: Some(false),
-                jobset_crd_keeps_rules: Some(false)
+                jobset_crd_keeps_rules: Some(false),
+                nodes: None,
             }
         );
         let failed = Capabilities {

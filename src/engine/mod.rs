@@ -6,6 +6,7 @@
 pub mod annotations;
 pub mod config;
 pub mod mutate;
+pub mod nodes;
 pub mod patch;
 pub mod policy;
 pub mod update;
@@ -13,6 +14,7 @@ pub mod update;
 pub use annotations::{Action, AnnotationError, ExitCodes, InPlace, Operator};
 pub use config::{Config, ConfigError, Targets};
 pub use mutate::{Context, Denial, Mutation, ParentJobSet, mutate_jobset, mutate_pod};
+pub use nodes::{NodeInfo, Nodes};
 pub use patch::Patch;
 pub use policy::ClusterFacts;
 pub use update::update_jobset;

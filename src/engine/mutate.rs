@@ -46,7 +46,7 @@ pub const MAX_CHANGED_CONTAINERS: usize = 1024;
 pub const MAX_APPLIED_BYTES: usize = 16 * 1024;
 
 /// Everything outside the object that a decision depends on.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Context<'a> {
     pub config: &'a Config,
     /// The labels of the object's namespace; `None` when unknown.
@@ -199,6 +199,19 @@ pub(super) struct PodSpec<'a> {
     pub(super) containers: Option<Vec<&'a RawValue>>,
     #[serde(borrow, default)]
     pub(super) init_containers: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default)]
+    pub(super) node_selector: Option<StrMap<'a>>,
+}
+
+impl PodSpec<'_> {
+    /// The `nodeSelector` as pairs, for [`crate::engine::nodes::Nodes::support`].
+    fn selector(&self) -> Vec<(&str, &str)> {
+        self.node_selector
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_ref(), v.as_ref()))
+            .collect()
+    }
 }
 
 #[derive(Deserialize)]
@@ -305,25 +318,27 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
         if !listed && rj_ann.settings.in_place.is_none() {
             continue;
         }
+        let pod_spec = rj
+            .template
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .and_then(|s| s.template.as_ref())
+            .and_then(|t| t.spec.as_ref());
+        let selector = pod_spec.map(PodSpec::selector).unwrap_or_default();
         let inputs = Inputs {
             jobset: &jobset,
             replicated_job: Some((name, rj_ann)),
             namespace,
             config: ctx.config,
-            facts: ctx.facts,
+            facts: &ctx.facts,
+            node_selector: &selector,
         };
         let resolved = match policy::resolve(&inputs, &mut out.warnings)? {
             Decision::Disabled => continue,
             Decision::Enabled(r) => r,
         };
         any_enabled = true;
-        let Some(pod_spec) = rj
-            .template
-            .as_ref()
-            .and_then(|t| t.spec.as_ref())
-            .and_then(|s| s.template.as_ref())
-            .and_then(|t| t.spec.as_ref())
-        else {
+        let Some(pod_spec) = pod_spec else {
             out.warnings.push(format!(
                 "replicated job {}: no pod template (template.spec.template.spec); left unchanged",
                 quote(name)
@@ -561,7 +576,8 @@ fn unreadable_jobset(
         replicated_job: None,
         namespace,
         config: ctx.config,
-        facts: ctx.facts,
+        facts: &ctx.facts,
+        node_selector: &[],
     };
     match policy::resolve(&inputs, &mut Vec::new())? {
         Decision::Disabled => Ok(Mutation::default()),
@@ -661,20 +677,30 @@ fn plan_pod(
         return Ok(());
     }
     let (namespace, _) = policy::namespace_default(ctx.namespace_labels);
+    // Read before the decision (its nodeSelector picks the nodes that count); an unreadable
+    // spec matters only when in-place restart applies.
+    let spec: Option<Result<PodSpec<'_>, String>> = head.spec.map(|raw| {
+        serde_json::from_str(raw.get())
+            .map_err(|e| format!("spec: not a pod spec the webhook can read: {e}"))
+    });
+    let selector = match &spec {
+        Some(Ok(s)) => s.selector(),
+        _ => Vec::new(),
+    };
     let inputs = Inputs {
         jobset: &jobset,
         replicated_job: Some((rjob_name, &rj)),
         namespace,
         config: ctx.config,
-        facts: ctx.facts,
+        facts: &ctx.facts,
+        node_selector: &selector,
     };
     let resolved = match policy::resolve(&inputs, &mut out.warnings).map_err(|e| e.to_string())? {
         Decision::Disabled => return Ok(()),
         Decision::Enabled(r) => r,
     };
-    let spec: PodSpec<'_> = match head.spec {
-        Some(raw) => serde_json::from_str(raw.get())
-            .map_err(|e| format!("spec: not a pod spec the webhook can read: {e}"))?,
+    let spec = match spec {
+        Some(s) => s?,
         None => return Ok(()),
     };
     let mut applied = Applied::default();
@@ -1214,6 +1240,84 @@ mod tests {
         let m = mutate(&out).unwrap_or_else(|d| panic!("{d}"));
         // The container's two fields and the annotation, whose summary changed.
         assert_eq!(m.patch.len(), 3);
+    }
+
+    #[test]
+    fn a_pod_is_judged_by_the_nodes_its_node_selector_picks() {
+        use crate::engine::nodes::{NodeInfo, Nodes};
+        let config = Config::default();
+        let node = |pool: &str, declares| {
+            Arc::new(NodeInfo {
+                labels: [("pool".to_owned(), pool.to_owned())].into(),
+                unschedulable: false,
+                declares,
+            })
+        };
+        let ctx = Context {
+            config: &config,
+            namespace_labels: None,
+            facts: ClusterFacts {
+                restart_all_containers: Some(true),
+                nodes: Some(Arc::new(Nodes::new(vec![
+                    node("gpu", true),
+                    node("cpu", false),
+                ]))),
+                ..ClusterFacts::default()
+            },
+        };
+        let parent = |action: Option<&str>| {
+            let mut annotations: BTreeMap<String, String> =
+                [(annotations::IN_PLACE.to_owned(), "enabled".to_owned())].into();
+            if let Some(a) = action {
+                annotations.insert(annotations::ACTION.to_owned(), a.to_owned());
+            }
+            ParentJobSet {
+                annotations,
+                replicated_jobs: BTreeMap::new(),
+            }
+        };
+        let pod = |spec: Value| {
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "p", "labels": {
+                       JOBSET_NAME_LABEL: "js", REPLICATED_JOB_NAME_LABEL: "a"}},
+                   "spec": spec})
+            .to_string()
+        };
+        let on =
+            |pool: &str| json!({"nodeSelector": {"pool": pool}, "containers": containers("c", 1)});
+        let m = mutate_pod(&pod(on("gpu")), &ctx, &|_| Some(parent(None)));
+        assert_eq!(
+            m.summary.as_deref(),
+            Some("c0=RestartAllContainers:NotIn(0)")
+        );
+        let m = mutate_pod(&pod(on("cpu")), &ctx, &|_| Some(parent(None)));
+        assert_eq!(m.summary.as_deref(), Some("c0=Restart:NotIn(0)"));
+        // a pod is never denied: an impossible ask leaves it unchanged, with the reason
+        let m = mutate_pod(&pod(on("cpu")), &ctx, &|_| {
+            Some(parent(Some("RestartAllContainers")))
+        });
+        assert!(m.patch.is_empty());
+        assert!(
+            m.warnings[0].starts_with("pod left unchanged: restart.jobset.dev/action: \"RestartAllContainers\": RestartAllContainers pods need nodes"),
+            "{:?}",
+            m.warnings
+        );
+        // an unreadable spec matters only when in-place restart applies
+        let disabled = ParentJobSet::default();
+        let m = mutate_pod(&pod(json!({"nodeSelector": 7})), &ctx, &|_| {
+            Some(disabled.clone())
+        });
+        assert_eq!(m, Mutation::default());
+        let m = mutate_pod(&pod(json!({"nodeSelector": 7})), &ctx, &|_| {
+            Some(parent(None))
+        });
+        assert!(
+            m.warnings
+                .iter()
+                .any(|w| w.starts_with("pod left unchanged: spec: not a pod spec")),
+            "{:?}",
+            m.warnings
+        );
     }
 
     #[test]

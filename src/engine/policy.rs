@@ -3,21 +3,26 @@
 //! JobSet annotations, the preset named by them, the namespace label, the cluster config.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::annotations::{
     ACTION, Action, AnnotationError, Annotations, ExitCodes, IN_PLACE, InPlace, PRESET, Scope,
     Settings, quote,
 };
 use super::config::Config;
+use super::nodes::{FEATURE, Nodes, Support};
 
 /// What the webhook knows about the cluster it runs in. `None` means "not probed" (offline
 /// `mutate`, or `serve` without credentials); the engine then trusts the config.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterFacts {
     /// Whether the API server accepts the `RestartAllContainers` action.
     pub restart_all_containers: Option<bool>,
     /// Whether the installed JobSet CRD keeps `restartPolicyRules` (older CRDs prune them).
     pub jobset_crd_keeps_rules: Option<bool>,
+    /// The nodes and which of them declare `RestartAllContainersOnContainerExits`; `None`
+    /// until the node watch has listed them (or where nodes cannot be read).
+    pub nodes: Option<Arc<Nodes>>,
 }
 
 /// The label on a Namespace that sets the default for JobSets in it.
@@ -64,7 +69,9 @@ pub struct Inputs<'a> {
     pub replicated_job: Option<(&'a str, &'a Annotations)>,
     pub namespace: Option<InPlace>,
     pub config: &'a Config,
-    pub facts: ClusterFacts,
+    pub facts: &'a ClusterFacts,
+    /// The pod template's (or pod's) `nodeSelector`: the node pool it runs in.
+    pub node_selector: &'a [(&'a str, &'a str)],
 }
 
 /// Reads the namespace default from a namespace's labels. A label value that is not one of
@@ -155,29 +162,41 @@ pub fn resolve(
     }
 
     let explicit_action = pick(&|s| s.action.is_some()).and_then(|s| s.action);
-    let action = match (explicit_action, inputs.facts.restart_all_containers) {
-        (Some(Action::RestartAllContainers), Some(false)) => {
-            let (scope, key, value) = if rjob.and_then(|a| a.settings.action).is_some()
-                || inputs.jobset.settings.action.is_some()
-            {
-                let scope = match rjob.and_then(|a| a.settings.action) {
-                    Some(_) => inputs
-                        .replicated_job
-                        .map(|(n, _)| Scope::ReplicatedJob(n.to_owned())),
-                    None => Some(Scope::JobSet),
-                };
-                (
-                    scope.unwrap_or(Scope::JobSet),
-                    ACTION,
-                    Action::RestartAllContainers.as_str(),
-                )
-            } else {
-                (
-                    preset_scope.unwrap_or(Scope::JobSet),
-                    PRESET,
-                    preset_name.unwrap_or_default(),
-                )
+    // Which annotation asked for the action, for a denial's message.
+    let asked_by = || {
+        if rjob.and_then(|a| a.settings.action).is_some() || inputs.jobset.settings.action.is_some()
+        {
+            let scope = match rjob.and_then(|a| a.settings.action) {
+                Some(_) => inputs
+                    .replicated_job
+                    .map(|(n, _)| Scope::ReplicatedJob(n.to_owned())),
+                None => Some(Scope::JobSet),
             };
+            (
+                scope.unwrap_or(Scope::JobSet),
+                ACTION,
+                Action::RestartAllContainers.as_str(),
+            )
+        } else {
+            (
+                preset_scope.clone().unwrap_or(Scope::JobSet),
+                PRESET,
+                preset_name.unwrap_or_default(),
+            )
+        }
+    };
+    let api = inputs.facts.restart_all_containers;
+    // No nodes (a fresh cluster, every pool scaled to zero) or nodes not known: the nodes
+    // that will run the pods are unknown, and the API server's answer decides alone.
+    let nodes = inputs
+        .facts
+        .nodes
+        .as_ref()
+        .map(|n| n.support(inputs.node_selector))
+        .filter(|s| s.nodes > 0);
+    let action = match (explicit_action, api, nodes) {
+        (Some(Action::RestartAllContainers), Some(false), _) => {
+            let (scope, key, value) = asked_by();
             return Err(AnnotationError::new(
                 &scope,
                 key,
@@ -188,9 +207,30 @@ pub fn resolve(
                  Restart",
             ));
         }
-        (Some(a), _) => a,
-        (None, supported) => match (inputs.config.defaults.action, supported) {
-            (Some(Action::RestartAllContainers), Some(false)) => {
+        (Some(Action::RestartAllContainers), _, Some(s)) if s.declaring == 0 => {
+            let (scope, key, value) = asked_by();
+            return Err(AnnotationError::new(
+                &scope,
+                key,
+                value,
+                format!(
+                    "{}: none of {} declares the {FEATURE} feature (their kubelets are older \
+                     than 1.35 or run with that feature gate off), so the scheduler would \
+                     leave every pod Pending; use Restart, or upgrade the kubelets or enable \
+                     the gate on them",
+                    NODES_NEED,
+                    nodes_phrase(&s)
+                ),
+            ));
+        }
+        (Some(a), _, _) => {
+            if a == Action::RestartAllContainers {
+                warn_partial(nodes, warnings);
+            }
+            a
+        }
+        (None, api, nodes) => match (inputs.config.defaults.action, api, nodes) {
+            (Some(Action::RestartAllContainers), Some(false), _) => {
                 warnings.push(
                     "the cluster default action RestartAllContainers is not supported by this \
                      API server; using Restart"
@@ -198,9 +238,38 @@ pub fn resolve(
                 );
                 Action::Restart
             }
-            (Some(a), _) => a,
-            (None, Some(false)) => Action::Restart,
-            (None, _) => Action::RestartAllContainers,
+            (Some(Action::RestartAllContainers), _, Some(s)) if s.declaring == 0 => {
+                warn_once(
+                    warnings,
+                    format!(
+                        "the cluster default action RestartAllContainers cannot run here: {} \
+                         declare the {FEATURE} feature; using Restart",
+                        s.describe()
+                    ),
+                );
+                Action::Restart
+            }
+            (Some(a), _, _) => {
+                if a == Action::RestartAllContainers {
+                    warn_partial(nodes, warnings);
+                }
+                a
+            }
+            (None, Some(false), _) => Action::Restart,
+            (None, _, Some(s)) if !s.all() => {
+                warn_once(
+                    warnings,
+                    format!(
+                        "the action defaults to Restart, not RestartAllContainers: {} declare{} \
+                         the {FEATURE} feature, which RestartAllContainers needs; set {ACTION} \
+                         to choose",
+                        s.describe(),
+                        if s.declaring == 1 { "s" } else { "" }
+                    ),
+                );
+                Action::Restart
+            }
+            (None, _, _) => Action::RestartAllContainers,
         },
     };
 
@@ -241,6 +310,47 @@ pub fn resolve(
     }))
 }
 
+/// The start of a denial for lack of nodes.
+const NODES_NEED: &str = "RestartAllContainers pods need nodes that declare support for it";
+
+/// `the 3 schedulable nodes` / `the 2 schedulable nodes matching the pod template's
+/// nodeSelector`.
+fn nodes_phrase(s: &Support) -> String {
+    format!(
+        "the {} schedulable node{}{}",
+        s.nodes,
+        if s.nodes == 1 { "" } else { "s" },
+        if s.pool {
+            " matching the pod template's nodeSelector"
+        } else {
+            ""
+        }
+    )
+}
+
+/// RestartAllContainers where only some of the nodes can run it: allowed (the scheduler
+/// places the pods on those), said once.
+fn warn_partial(nodes: Option<Support>, warnings: &mut Vec<String>) {
+    if let Some(s) = nodes.filter(|s| !s.all()) {
+        warn_once(
+            warnings,
+            format!(
+                "RestartAllContainers: only {} declare{} the {FEATURE} feature; the scheduler \
+                 places these pods on those nodes only",
+                s.describe(),
+                if s.declaring == 1 { "s" } else { "" }
+            ),
+        );
+    }
+}
+
+/// Node warnings are the same for every replicated job on the same nodes: once per review.
+fn warn_once(warnings: &mut Vec<String>, w: String) {
+    if !warnings.contains(&w) {
+        warnings.push(w);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,7 +377,8 @@ mod tests {
             replicated_job: rj.map(|a| ("workers", a)),
             namespace: ns,
             config: cfg,
-            facts,
+            facts: &facts,
+            node_selector: &[],
         };
         (resolve(&inputs, &mut w), w)
     }
@@ -504,21 +615,21 @@ mod tests {
         };
         let cfg = Config::default();
         assert_eq!(
-            enabled(run(&ann(&[EN]), None, None, &cfg, no_rac).0).action,
+            enabled(run(&ann(&[EN]), None, None, &cfg, no_rac.clone()).0).action,
             Action::Restart
         );
         assert_eq!(
-            enabled(run(&ann(&[EN]), None, None, &cfg, yes_rac).0).action,
+            enabled(run(&ann(&[EN]), None, None, &cfg, yes_rac.clone()).0).action,
             Action::RestartAllContainers
         );
         // a config default that the cluster cannot honour degrades with a warning
         let cfg_rac = config("defaults: {action: RestartAllContainers}");
-        let (d, w) = run(&ann(&[EN]), None, None, &cfg_rac, no_rac);
+        let (d, w) = run(&ann(&[EN]), None, None, &cfg_rac, no_rac.clone());
         assert_eq!(enabled(d).action, Action::Restart);
         assert_eq!(w.len(), 1);
         // an explicit request that the cluster cannot honour is denied
         let js = ann(&[EN, ("restart.jobset.dev/action", "RestartAllContainers")]);
-        let e = run(&js, None, None, &cfg, no_rac).0.unwrap_err();
+        let e = run(&js, None, None, &cfg, no_rac.clone()).0.unwrap_err();
         assert!(e.to_string().starts_with("restart.jobset.dev/action: \"RestartAllContainers\": this cluster's API server does not accept"), "{e}");
         let cfg_p = config("presets:\n  p: {action: RestartAllContainers}\n");
         let e = run(
@@ -526,7 +637,7 @@ mod tests {
             None,
             None,
             &cfg_p,
-            no_rac,
+            no_rac.clone(),
         )
         .0
         .unwrap_err();
@@ -535,6 +646,183 @@ mod tests {
                 .starts_with("restart.jobset.dev/preset: \"p\": this cluster"),
             "{e}"
         );
+    }
+
+    fn node_facts(nodes: &[(&str, bool)]) -> ClusterFacts {
+        use crate::engine::nodes::NodeInfo;
+        let nodes = nodes
+            .iter()
+            .map(|(pool, declares)| {
+                Arc::new(NodeInfo {
+                    labels: BTreeMap::from([("pool".to_owned(), (*pool).to_owned())]),
+                    unschedulable: false,
+                    declares: *declares,
+                })
+            })
+            .collect();
+        ClusterFacts {
+            restart_all_containers: Some(true),
+            nodes: Some(Arc::new(Nodes::new(nodes))),
+            ..Default::default()
+        }
+    }
+
+    /// `resolve` for the JobSet annotations `js`, the config `cfg`, `facts` and a pod
+    /// template `nodeSelector`.
+    fn on_nodes(
+        js: &[(&str, &str)],
+        cfg: &Config,
+        facts: &ClusterFacts,
+        selector: &[(&str, &str)],
+    ) -> (Result<Decision, AnnotationError>, Vec<String>) {
+        let js = ann(js);
+        let mut w = Vec::new();
+        let inputs = Inputs {
+            jobset: &js,
+            replicated_job: None,
+            namespace: None,
+            config: cfg,
+            facts,
+            node_selector: selector,
+        };
+        (resolve(&inputs, &mut w), w)
+    }
+
+    const RAC: (&str, &str) = ("restart.jobset.dev/action", "RestartAllContainers");
+
+    #[test]
+    fn default_action_needs_every_schedulable_node_to_declare_the_feature() {
+        let cfg = Config::default();
+        let all = node_facts(&[("gpu", true), ("gpu", true)]);
+        let (d, w) = on_nodes(&[EN], &cfg, &all, &[]);
+        assert_eq!(enabled(d).action, Action::RestartAllContainers);
+        assert!(w.is_empty(), "{w:?}");
+
+        let one_lacks = node_facts(&[("gpu", true), ("gpu", true), ("cpu", false)]);
+        let (d, w) = on_nodes(&[EN], &cfg, &one_lacks, &[]);
+        assert_eq!(enabled(d).action, Action::Restart);
+        assert_eq!(
+            w,
+            [
+                "the action defaults to Restart, not RestartAllContainers: 2 of 3 schedulable \
+              nodes declare the RestartAllContainersOnContainerExits feature, which \
+              RestartAllContainers needs; set restart.jobset.dev/action to choose"
+            ]
+        );
+        // an explicit ask runs on the nodes that have it
+        let (d, w) = on_nodes(&[EN, RAC], &cfg, &one_lacks, &[]);
+        assert_eq!(enabled(d).action, Action::RestartAllContainers);
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].starts_with("RestartAllContainers: only 2 of 3 schedulable nodes declare"),
+            "{w:?}"
+        );
+        // an explicit Restart needs nothing from the nodes
+        let (d, w) = on_nodes(
+            &[EN, ("restart.jobset.dev/action", "Restart")],
+            &cfg,
+            &one_lacks,
+            &[],
+        );
+        assert_eq!(enabled(d).action, Action::Restart);
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn a_node_pool_is_judged_by_its_own_nodes() {
+        let cfg = Config::default();
+        let facts = node_facts(&[("gpu", true), ("gpu", true), ("cpu", false)]);
+        let (d, w) = on_nodes(&[EN], &cfg, &facts, &[("pool", "gpu")]);
+        assert_eq!(enabled(d).action, Action::RestartAllContainers);
+        assert!(w.is_empty(), "{w:?}");
+        let (d, _) = on_nodes(&[EN], &cfg, &facts, &[("pool", "cpu")]);
+        assert_eq!(enabled(d).action, Action::Restart);
+        let e = on_nodes(&[EN, RAC], &cfg, &facts, &[("pool", "cpu")])
+            .0
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "restart.jobset.dev/action: \"RestartAllContainers\": RestartAllContainers pods \
+             need nodes that declare support for it: none of the 1 schedulable node matching \
+             the pod template's nodeSelector declares the \
+             RestartAllContainersOnContainerExits feature (their kubelets are older than 1.35 \
+             or run with that feature gate off), so the scheduler would leave every pod \
+             Pending; use Restart, or upgrade the kubelets or enable the gate on them"
+        );
+        // a pool without nodes: the cluster stands in (2 of 3)
+        let (d, w) = on_nodes(&[EN], &cfg, &facts, &[("pool", "tpu")]);
+        assert_eq!(enabled(d).action, Action::Restart);
+        assert!(w[0].contains("2 of 3 schedulable nodes declare"), "{w:?}");
+    }
+
+    #[test]
+    fn no_node_declares_the_feature() {
+        let cfg = Config::default();
+        let none = node_facts(&[("a", false), ("b", false)]);
+        let (d, w) = on_nodes(&[EN], &cfg, &none, &[]);
+        assert_eq!(enabled(d).action, Action::Restart);
+        assert!(w[0].contains("0 of 2 schedulable nodes declare"), "{w:?}");
+        let e = on_nodes(&[EN, RAC], &cfg, &none, &[]).0.unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "restart.jobset.dev/action: \"RestartAllContainers\": RestartAllContainers \
+                 pods need nodes that declare support for it: none of the 2 schedulable nodes \
+                 declares"
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("use Restart"), "{e}");
+        // via a preset: the preset is named
+        let cfg_p = config("presets:\n  p: {action: RestartAllContainers}\n");
+        let e = on_nodes(
+            &[EN, ("restart.jobset.dev/preset", "p")],
+            &cfg_p,
+            &none,
+            &[],
+        )
+        .0
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("restart.jobset.dev/preset: \"p\": RestartAllContainers pods"),
+            "{e}"
+        );
+        // a cluster default degrades with a warning
+        let cfg_rac = config("defaults: {action: RestartAllContainers}");
+        let (d, w) = on_nodes(&[EN], &cfg_rac, &none, &[]);
+        assert_eq!(enabled(d).action, Action::Restart);
+        assert!(
+            w[0].starts_with(
+                "the cluster default action RestartAllContainers cannot run here: 0 of 2"
+            ),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn without_nodes_the_api_server_decides() {
+        let cfg = Config::default();
+        let empty = node_facts(&[]);
+        let (d, w) = on_nodes(&[EN], &cfg, &empty, &[]);
+        assert_eq!(enabled(d).action, Action::RestartAllContainers);
+        assert!(w.is_empty(), "{w:?}");
+        let (d, _) = on_nodes(&[EN, RAC], &cfg, &empty, &[]);
+        assert_eq!(enabled(d).action, Action::RestartAllContainers);
+        // nodes not known at all (watch not synced): the same
+        let unknown = ClusterFacts {
+            restart_all_containers: Some(true),
+            ..Default::default()
+        };
+        let (d, _) = on_nodes(&[EN], &cfg, &unknown, &[]);
+        assert_eq!(enabled(d).action, Action::RestartAllContainers);
+        // and the API server's "no" still wins over nodes that declare it
+        let api_no = ClusterFacts {
+            restart_all_containers: Some(false),
+            ..node_facts(&[("a", true)])
+        };
+        let (d, w) = on_nodes(&[EN], &cfg, &api_no, &[]);
+        assert_eq!(enabled(d).action, Action::Restart);
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]

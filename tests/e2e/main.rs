@@ -32,6 +32,7 @@ mod gates;
 mod helm;
 mod manifests;
 mod node_restart;
+mod nodes;
 mod old_crd;
 mod ordering;
 mod writers;

@@ -371,8 +371,8 @@ mod tests {
     fn a_client_with_older_types_keeps_restart_policy_and_drops_the_rules() {
         let old = stored(&Config::default());
         let mut new = old.clone();
-        let trainer = &mut new["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
-            ["spec"]["containers"][0];
+        let trainer = &mut new["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+            ["containers"][0];
         if let Some(c) = trainer.as_object_mut() {
             c.remove("restartPolicyRules");
         }

@@ -299,11 +299,32 @@ impl Api {
         self.send(http::Request::post(path), namespace, jobset)
     }
 
-    /// An unconditional update (no resourceVersion), as `kubectl replace` of a manifest sends.
-    fn replace(&self, namespace: &str, jobset: &Value) -> Outcome {
-        let name = jobset["metadata"]["name"].as_str().unwrap_or_default();
+    /// An update of the current object with `edit(current)`, at its resourceVersion (custom
+    /// resources refuse unconditional updates), retried while JobSet's controller races it.
+    fn replace_current(
+        &self,
+        namespace: &str,
+        name: &str,
+        edit: &dyn Fn(&Value) -> Value,
+    ) -> Outcome {
         let path = format!("/apis/jobset.x-k8s.io/v1alpha2/namespaces/{namespace}/jobsets/{name}");
-        self.send(http::Request::put(path), namespace, jobset)
+        let mut last = None;
+        for _ in 0..10 {
+            let get = http::Request::get(&path)
+                .body(Vec::new())
+                .expect("a get request");
+            let current: Value = self
+                .rt
+                .block_on(self.client.request::<Value>(get))
+                .unwrap_or_else(|e| panic!("reading {namespace}/{name}: {e}"));
+            let mut update = edit(&current);
+            update["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+            match self.send(http::Request::put(&path), namespace, &update) {
+                Outcome::Refused(409, m) => last = Some(Outcome::Refused(409, m)),
+                outcome => return outcome,
+            }
+        }
+        last.unwrap_or(Outcome::Refused(409, "conflict".to_owned()))
     }
 
     fn send(&self, request: http::request::Builder, namespace: &str, jobset: &Value) -> Outcome {
@@ -735,48 +756,36 @@ fn policy_and_webhook_store_the_same_jobsets() {
                             engines.config, w_ns.name, p_ns.name
                         );
                         let created = (api.create(w_ns, &doc), api.create(p_ns, &doc));
-                        // Each engine's stored object: its resourceVersion goes into the
-                        // updates (custom resources refuse unconditional updates).
-                        let stored = match &created {
-                            (Outcome::Stored(a), Outcome::Stored(b)) => {
-                                Some((a.clone(), b.clone()))
-                            }
-                            _ => None,
-                        };
+                        let both_stored =
+                            matches!(created, (Outcome::Stored(_), Outcome::Stored(_)));
                         tally.compare(&what, "create", created);
-                        let Some((a, b)) = stored else {
+                        if !both_stored {
                             continue;
-                        };
+                        }
                         // UPDATE 1: the stored JobSet written back without anything either
                         // engine added (`kubectl replace` or a client-side apply of a manifest
                         // that spells out JobSet's defaults, a controller's full update).
-                        let bare = without_our_fields(&a, &doc);
-                        let at_version = |doc: &Value, of: &Value| {
-                            let mut out = doc.clone();
-                            out["metadata"]["resourceVersion"] =
-                                of["metadata"]["resourceVersion"].clone();
-                            out
-                        };
+                        let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+                        let bare = |current: &Value| without_our_fields(current, &doc);
                         let replaced = (
-                            api.replace(w_ns, &at_version(&bare, &a)),
-                            api.replace(p_ns, &at_version(&bare, &b)),
+                            api.replace_current(w_ns, name, &bare),
+                            api.replace_current(p_ns, name, &bare),
                         );
-                        let (a, b) = match &replaced {
-                            (Outcome::Stored(x), Outcome::Stored(y)) => (x.clone(), y.clone()),
-                            _ => (a, b),
-                        };
                         tally.updates += 1;
                         tally.compare(&what, "replace", replaced);
                         // UPDATE 2: a changed setting that is invalid: refused alike.
-                        let mut changed = bare.clone();
-                        set(&mut changed, "on-exit-codes", "300");
-                        remove(&mut changed, "except-exit-codes");
+                        let changed = |current: &Value| {
+                            let mut out = without_our_fields(current, &doc);
+                            set(&mut out, "on-exit-codes", "300");
+                            remove(&mut out, "except-exit-codes");
+                            out
+                        };
                         tally.compare(
                             &what,
                             "changed setting",
                             (
-                                api.replace(w_ns, &at_version(&changed, &a)),
-                                api.replace(p_ns, &at_version(&changed, &b)),
+                                api.replace_current(w_ns, name, &changed),
+                                api.replace_current(p_ns, name, &changed),
                             ),
                         );
                     }

@@ -535,4 +535,47 @@ fn node_declared_features_follow_the_kubelet_gate() {
     let stored = c.get_json(&["pod", "pinned", "-n", &ns]);
     assert_eq!(stored["status"]["phase"], "Pending", "{stored:#}");
     assert!(stored["spec"]["nodeName"].is_null(), "{stored:#}");
+
+    // The webhook reads the same declared features (issue 13, node-aware capability): an
+    // explicit RestartAllContainers for a pool of only the gate-off kubelet is refused with
+    // why, and the default for the whole cluster (one of two nodes declares) is Restart.
+    let pinned = |annotations: &[(&str, &str)], pool: Option<&str>| {
+        let mut pod = node_pod_spec(json!([workload_container("trainer", &["-run", "1s"])]));
+        if let Some(node) = pool {
+            pod["nodeSelector"] = json!({"kubernetes.io/hostname": node});
+        }
+        node_jobset("gate-off-js", 1, 0, annotations, pod)
+    };
+    let explicit = pinned(
+        &[
+            ("restart.jobset.dev/in-place", "enabled"),
+            ("restart.jobset.dev/action", "RestartAllContainers"),
+        ],
+        Some(off.name.as_str()),
+    );
+    let refusal = wait_for("the webhook to see the gate-off node", POD_RUNNING, || {
+        let (stored, stderr) = c.dry_run_create(&ns, &explicit);
+        if stored.is_null() && stderr.contains("RestartAllContainersOnContainerExits") {
+            Ok(stderr)
+        } else {
+            Err(format!("not refused yet: {}", stderr.trim()))
+        }
+    });
+    assert!(
+        refusal.contains(
+            "none of the 1 schedulable node matching the pod template's nodeSelector declares"
+        ),
+        "{refusal}"
+    );
+    let (stored, stderr) = c.dry_run_create(
+        &ns,
+        &pinned(&[("restart.jobset.dev/in-place", "enabled")], None),
+    );
+    let rules = &stored["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"]
+        [0]["restartPolicyRules"];
+    assert_eq!(rules[0]["action"], "Restart", "{stderr}\n{stored:#}");
+    assert!(
+        stderr.contains("1 of 2 schedulable nodes declare"),
+        "{stderr}"
+    );
 }

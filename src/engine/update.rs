@@ -109,6 +109,17 @@ fn pod_spec<'d, 'a>(doc: &'d JobSetDoc<'a>, rjob: &str) -> Option<(usize, &'d Po
         })
 }
 
+/// Whether container `j` of the update is, byte for byte, the stored container `j`.
+fn same_bytes(
+    stored: Option<&Vec<&serde_json::value::RawValue>>,
+    j: usize,
+    raw: &serde_json::value::RawValue,
+) -> bool {
+    stored
+        .and_then(|l| l.get(j))
+        .is_some_and(|o| o.get() == raw.get())
+}
+
 /// The stored containers of one list, by name (each read once).
 fn by_name<'a>(
     list: Option<&Vec<&'a serde_json::value::RawValue>>,
@@ -166,14 +177,31 @@ fn restore(new: &JobSetDoc<'_>, old: &JobSetDoc<'_>, record: &str) -> Result<Mut
                 "template", "spec", "template", "spec",
             ]));
 
-        let stored = by_name(old_ps.containers.as_ref(), &old_base, "containers")?;
+        // The stored containers are read only once a container differs from its stored self:
+        // an update that keeps our fields (a queue resuming the JobSet) sends them back byte
+        // for byte, and a comparison costs far less than reading both.
+        let mut stored = None;
         for (j, raw) in ps.containers.iter().flatten().enumerate() {
+            if same_bytes(old_ps.containers.as_ref(), j, raw) {
+                continue;
+            }
             let c = Container::read(raw, &base, "containers", j)?;
             let name = c.name.as_deref().unwrap_or_default();
             if c.restart_policy_rules.is_some() {
                 continue;
             }
-            let Some(was) = stored.get(name).filter(|_| recorded(rjob, name)) else {
+            if stored.is_none() {
+                stored = Some(by_name(
+                    old_ps.containers.as_ref(),
+                    &old_base,
+                    "containers",
+                )?);
+            }
+            let Some(was) = stored
+                .as_ref()
+                .and_then(|s| s.get(name))
+                .filter(|_| recorded(rjob, name))
+            else {
                 continue;
             };
             // A `restartPolicy` the update keeps as stored is not the user's change: clients
@@ -202,15 +230,26 @@ fn restore(new: &JobSetDoc<'_>, old: &JobSetDoc<'_>, record: &str) -> Result<Mut
         }
 
         if ps.init_containers.is_some() {
-            let stored = by_name(old_ps.init_containers.as_ref(), &old_base, "initContainers")?;
+            let mut stored = None;
             for (j, raw) in ps.init_containers.iter().flatten().enumerate() {
+                if same_bytes(old_ps.init_containers.as_ref(), j, raw) {
+                    continue;
+                }
                 let c = Container::read(raw, &base, "initContainers", j)?;
                 let name = c.name.as_deref().unwrap_or_default();
                 if c.restart_policy_rules.is_some() {
                     continue;
                 }
+                if stored.is_none() {
+                    stored = Some(by_name(
+                        old_ps.init_containers.as_ref(),
+                        &old_base,
+                        "initContainers",
+                    )?);
+                }
                 let Some(rules) = stored
-                    .get(name)
+                    .as_ref()
+                    .and_then(|s| s.get(name))
                     .filter(|_| recorded(rjob, name))
                     .and_then(|was| was.restart_policy_rules.as_ref())
                 else {

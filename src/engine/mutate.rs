@@ -98,6 +98,11 @@ impl ParentJobSet {
     /// in the same input, and by the cluster cache).
     pub fn from_jobset_json(raw: &str) -> Result<Self, serde_json::Error> {
         let doc: JobSetDoc<'_> = serde_json::from_str(raw)?;
+        Ok(Self::from_doc(&doc))
+    }
+
+    /// The same from a JobSet already read (an UPDATE compares two of them).
+    pub(super) fn from_doc(doc: &JobSetDoc<'_>) -> Self {
         let mut out = Self {
             annotations: ours(doc.metadata.as_ref().and_then(|m| m.annotations.as_ref())),
             replicated_jobs: BTreeMap::new(),
@@ -109,7 +114,7 @@ impl ParentJobSet {
                 out.replicated_jobs.insert(name.to_string(), anns);
             }
         }
-        Ok(out)
+        out
     }
 }
 
@@ -165,6 +170,26 @@ pub(super) struct ReplicatedJob<'a> {
     pub(super) name: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub(super) template: Option<JobTemplate<'a>>,
+}
+
+impl<'a> ReplicatedJob<'a> {
+    /// `template.spec.template.spec`, the pod template's spec.
+    pub(super) fn pod_spec(&self) -> Option<&PodSpec<'a>> {
+        self.template
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .and_then(|s| s.template.as_ref())
+            .and_then(|t| t.spec.as_ref())
+    }
+}
+
+/// The JSON Pointer of replicated job `i`'s pod template spec.
+pub(super) fn pod_spec_pointer(i: usize) -> PointerBuf {
+    PointerBuf::from_tokens(["spec", "replicatedJobs"])
+        .with_trailing_token(i)
+        .concat(&PointerBuf::from_tokens([
+            "template", "spec", "template", "spec",
+        ]))
 }
 
 #[derive(Deserialize)]
@@ -318,12 +343,7 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
         if !listed && rj_ann.settings.in_place.is_none() {
             continue;
         }
-        let pod_spec = rj
-            .template
-            .as_ref()
-            .and_then(|t| t.spec.as_ref())
-            .and_then(|s| s.template.as_ref())
-            .and_then(|t| t.spec.as_ref());
+        let pod_spec = rj.pod_spec();
         let selector = pod_spec.map(PodSpec::selector).unwrap_or_default();
         let inputs = Inputs {
             jobset: &jobset,
@@ -345,11 +365,7 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
             ));
             continue;
         };
-        let base = PointerBuf::from_tokens(["spec", "replicatedJobs"])
-            .with_trailing_token(i)
-            .concat(&PointerBuf::from_tokens([
-                "template", "spec", "template", "spec",
-            ]));
+        let base = pod_spec_pointer(i);
         // A CRD that prunes the rules would keep only the containers' `restartPolicy`, and
         // the pod target would then take those containers for user-set and skip them. So
         // with the pod target on, the containers are left to it: the JobSet gets the pod
@@ -454,18 +470,25 @@ pub fn mutate_jobset(raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
     let summary = applied.finish();
     let current = meta_annotations.and_then(|m| m.get(APPLIED));
     if current.map(|c| c.as_ref()) != Some(summary.as_str()) {
-        let (tokens, value): (&[&str], Value) = match (&doc.metadata, meta_annotations) {
-            (_, Some(_)) => (&["metadata", "annotations", APPLIED], json!(summary)),
-            (Some(_), None) => (&["metadata", "annotations"], json!({ APPLIED: summary })),
-            (None, None) => (
-                &["metadata"],
-                json!({ "annotations": { APPLIED: summary } }),
-            ),
-        };
-        out.patch.add(tokens.iter().copied(), Arc::new(value));
+        add_applied(&mut out.patch, doc.metadata.as_ref(), &summary);
     }
     out.summary = Some(summary);
     Ok(out)
+}
+
+/// Sets the `applied` annotation of an object with `metadata` to `summary`, creating
+/// `annotations` (and `metadata`) as needed.
+pub(super) fn add_applied(patch: &mut Patch, metadata: Option<&Meta<'_>>, summary: &str) {
+    let annotations = metadata.and_then(|m| m.annotations.as_ref());
+    let (tokens, value): (&[&str], Value) = match (metadata, annotations) {
+        (_, Some(_)) => (&["metadata", "annotations", APPLIED], json!(summary)),
+        (Some(_), None) => (&["metadata", "annotations"], json!({ APPLIED: summary })),
+        (None, None) => (
+            &["metadata"],
+            json!({ "annotations": { APPLIED: summary } }),
+        ),
+    };
+    patch.add(tokens.iter().copied(), Arc::new(value));
 }
 
 /// A replicated job that names its containers, and the containers and init containers its

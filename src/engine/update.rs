@@ -31,12 +31,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use json_patch::jsonptr::PointerBuf;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::annotations::{self, APPLIED, quote};
+use super::annotations::{APPLIED, quote};
 use super::mutate::{
-    Container, Context, Denial, JobSetDoc, MAX_CHANGED_CONTAINERS, Mutation, PodSpec, StrMap,
-    mutate_jobset,
+    Container, Context, Denial, JobSetDoc, MAX_CHANGED_CONTAINERS, Mutation, ParentJobSet, PodSpec,
+    StrMap, add_applied, mutate_jobset, pod_spec_pointer,
 };
 
 /// The warning of rule 1.
@@ -69,33 +69,12 @@ fn annotations_of<'d, 'a>(doc: &'d JobSetDoc<'a>) -> Option<&'d StrMap<'a>> {
     doc.metadata.as_ref().and_then(|m| m.annotations.as_ref())
 }
 
-type Pairs<'d> = Vec<(&'d str, &'d str)>;
-
-/// The `restart.jobset.dev/*` settings of a JobSet: its own, then per replicated job that has
-/// any (by name, sorted), so that adding a replicated job without settings changes nothing.
-fn settings<'d>(doc: &'d JobSetDoc<'_>) -> (Pairs<'d>, Vec<(&'d str, Pairs<'d>)>) {
-    fn ours<'d>(map: Option<&'d StrMap<'_>>) -> Pairs<'d> {
-        map.into_iter()
-            .flatten()
-            .filter(|(k, _)| k.starts_with(annotations::PREFIX) && k.as_ref() != APPLIED)
-            .map(|(k, v)| (k.as_ref(), v.as_ref()))
-            .collect()
-    }
-    let mut rjobs: Vec<(&str, Pairs<'d>)> = doc
-        .spec
-        .iter()
-        .flat_map(|s| &s.replicated_jobs)
-        .map(|rj| {
-            let meta = rj.template.as_ref().and_then(|t| t.metadata.as_ref());
-            (
-                rj.name.as_deref().unwrap_or_default(),
-                ours(meta.and_then(|m| m.annotations.as_ref())),
-            )
-        })
-        .filter(|(_, pairs)| !pairs.is_empty())
-        .collect();
-    rjobs.sort();
-    (ours(annotations_of(doc)), rjobs)
+/// The `restart.jobset.dev/*` settings of a JobSet (the parent view a pod is resolved
+/// from), without replicated jobs that have none, so that adding one changes nothing.
+fn settings(doc: &JobSetDoc<'_>) -> ParentJobSet {
+    let mut view = ParentJobSet::from_doc(doc);
+    view.replicated_jobs.retain(|_, a| !a.is_empty());
+    view
 }
 
 fn pod_spec<'d, 'a>(doc: &'d JobSetDoc<'a>, rjob: &str) -> Option<(usize, &'d PodSpec<'a>)> {
@@ -103,10 +82,7 @@ fn pod_spec<'d, 'a>(doc: &'d JobSetDoc<'a>, rjob: &str) -> Option<(usize, &'d Po
         .iter()
         .flat_map(|s| s.replicated_jobs.iter().enumerate())
         .find(|(_, rj)| rj.name.as_deref() == Some(rjob))
-        .and_then(|(i, rj)| {
-            let ps = rj.template.as_ref()?.spec.as_ref()?.template.as_ref()?;
-            Some((i, ps.spec.as_ref()?))
-        })
+        .and_then(|(i, rj)| Some((i, rj.pod_spec()?)))
 }
 
 /// Whether container `j` of the update is, byte for byte, the stored container `j`.
@@ -154,28 +130,11 @@ fn restore(new: &JobSetDoc<'_>, old: &JobSetDoc<'_>, record: &str) -> Result<Mut
         if !(cut || keys.iter().any(|&(r, _)| r == rjob)) {
             continue;
         }
-        let Some(ps) = rj
-            .template
-            .as_ref()
-            .and_then(|t| t.spec.as_ref())
-            .and_then(|s| s.template.as_ref())
-            .and_then(|t| t.spec.as_ref())
-        else {
+        let (Some(ps), Some((old_i, old_ps))) = (rj.pod_spec(), pod_spec(old, rjob)) else {
             continue;
         };
-        let Some((old_i, old_ps)) = pod_spec(old, rjob) else {
-            continue;
-        };
-        let base = PointerBuf::from_tokens(["spec", "replicatedJobs"])
-            .with_trailing_token(i)
-            .concat(&PointerBuf::from_tokens([
-                "template", "spec", "template", "spec",
-            ]));
-        let old_base = PointerBuf::from_tokens(["spec", "replicatedJobs"])
-            .with_trailing_token(old_i)
-            .concat(&PointerBuf::from_tokens([
-                "template", "spec", "template", "spec",
-            ]));
+        let base = pod_spec_pointer(i);
+        let old_base = pod_spec_pointer(old_i);
 
         // The stored containers are read only once a container differs from its stored self:
         // an update that keeps our fields (a queue resuming the JobSet) sends them back byte
@@ -279,14 +238,8 @@ fn restore(new: &JobSetDoc<'_>, old: &JobSetDoc<'_>, record: &str) -> Result<Mut
         });
     }
 
-    let current = annotations_of(new);
-    if current.is_none_or(|a| !a.contains_key(APPLIED)) {
-        let (tokens, value): (&[&str], Value) = match (&new.metadata, current) {
-            (_, Some(_)) => (&["metadata", "annotations", APPLIED], json!(record)),
-            (Some(_), None) => (&["metadata", "annotations"], json!({ APPLIED: record })),
-            (None, None) => (&["metadata"], json!({ "annotations": { APPLIED: record } })),
-        };
-        out.patch.add(tokens.iter().copied(), Arc::new(value));
+    if annotations_of(new).is_none_or(|a| !a.contains_key(APPLIED)) {
+        add_applied(&mut out.patch, new.metadata.as_ref(), record);
     }
     if !out.patch.is_empty() {
         out.warnings.push(format!(
@@ -303,6 +256,7 @@ fn restore(new: &JobSetDoc<'_>, old: &JobSetDoc<'_>, record: &str) -> Result<Mut
 mod tests {
     use super::*;
     use crate::engine::{ClusterFacts, Config};
+    use serde_json::Value;
 
     fn ctx(config: &Config) -> Context<'_> {
         Context {

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::cluster::Cluster;
 use crate::util::{TestTimer, at};
-use crate::{any_failure_rules, shared, training_jobset};
+use crate::{Shared, any_failure_rules, shared, training_jobset};
 
 const CHILDREN: Duration = Duration::from_secs(60);
 const APPLIED: &str = "/metadata/annotations/restart.jobset.dev~1applied";
@@ -60,22 +60,27 @@ fn assert_jobs_keep_rules(c: &Cluster, ns: &str, name: &str) {
     }
 }
 
+/// The UPDATE reviews the shared webhook logged for `ns/name`.
+fn update_reviews(s: &Shared, ns: &str, name: &str) -> Vec<Value> {
+    s.webhook
+        .reviews(ns, name)
+        .into_iter()
+        .filter(|r| r["operation"] == "UPDATE")
+        .collect()
+}
+
 /// The stored JobSet with its `managedFields` (kubectl hides them by default).
 fn with_managed_fields(c: &Cluster, ns: &str, name: &str) -> Value {
     c.get_json(&["jobset", name, "-n", ns, "--show-managed-fields"])
 }
 
-/// Which Apply managers own the container's `restartPolicyRules` in `managedFields`.
-fn rule_owners(stored: &Value) -> Vec<String> {
+/// `manager/operation` of each `managedFields` entry of `stored` for which `owns` holds.
+fn managers(stored: &Value, owns: impl Fn(&Value) -> bool) -> Vec<String> {
     stored["metadata"]["managedFields"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|m| {
-            m["fieldsV1"]
-                .to_string()
-                .contains("\"f:restartPolicyRules\"")
-        })
+        .filter(|m| owns(m))
         .map(|m| {
             format!(
                 "{}/{}",
@@ -84,6 +89,15 @@ fn rule_owners(stored: &Value) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// Which Apply managers own the container's `restartPolicyRules` in `managedFields`.
+fn rule_owners(stored: &Value) -> Vec<String> {
+    managers(stored, |m| {
+        m["fieldsV1"]
+            .to_string()
+            .contains("\"f:restartPolicyRules\"")
+    })
 }
 
 #[test]
@@ -117,12 +131,7 @@ fn server_side_apply_again_and_with_another_manager_keeps_the_rules() {
         "re-applying the same manifest must not change the spec: {stderr}"
     );
     // The apply reached the webhook as an UPDATE that dropped nothing: an empty answer.
-    let updates: Vec<Value> = s
-        .webhook
-        .reviews(&ns, "ssa")
-        .into_iter()
-        .filter(|r| r["operation"] == "UPDATE")
-        .collect();
+    let updates = update_reviews(s, &ns, "ssa");
     assert!(
         !updates.is_empty() && updates.iter().all(|r| r["patch_ops"] == 0),
         "{updates:#?}"
@@ -145,18 +154,7 @@ fn server_side_apply_again_and_with_another_manager_keeps_the_rules() {
         third["metadata"]["generation"],
         first["metadata"]["generation"]
     );
-    let managers: Vec<String> = third["metadata"]["managedFields"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| {
-            format!(
-                "{}/{}",
-                m["manager"].as_str().unwrap_or("?"),
-                m["operation"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
+    let managers = managers(&third, |_| true);
     assert!(
         managers.contains(&"kubectl/Apply".to_owned())
             && managers.contains(&"gitops/Apply".to_owned()),
@@ -279,12 +277,7 @@ fn a_suspended_jobset_scheduled_and_resumed_by_a_queue_keeps_the_rules() {
         ),
         "a100"
     );
-    let updates: Vec<Value> = s
-        .webhook
-        .reviews(&ns, "queued")
-        .into_iter()
-        .filter(|r| r["operation"] == "UPDATE")
-        .collect();
+    let updates = update_reviews(s, &ns, "queued");
     assert!(!updates.is_empty(), "the UPDATE reached the webhook");
     assert!(
         updates.iter().all(|r| r["patch_ops"] == 0),
@@ -333,12 +326,7 @@ fn changing_the_settings_of_a_suspended_jobset_is_not_fought() {
         "disabled"
     );
     assert_keeps_rules(&stored, "opted out by re-apply");
-    let updates: Vec<Value> = s
-        .webhook
-        .reviews(&ns, "optout")
-        .into_iter()
-        .filter(|r| r["operation"] == "UPDATE")
-        .collect();
+    let updates = update_reviews(s, &ns, "optout");
     assert!(
         !updates.is_empty() && updates.iter().all(|r| r["patch_ops"] == 0),
         "{updates:#?}"

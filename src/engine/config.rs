@@ -1,6 +1,6 @@
-//! The cluster config file (SPEC §5): cluster-wide defaults, named presets and the targets.
-//! Values use the same syntax and the same validation as the annotations, so a preset means
-//! exactly what the equivalent annotations would.
+//! The cluster config file (README: Cluster config): cluster-wide defaults, named presets and
+//! the targets. Values use the same syntax and the same validation as the annotations, so a
+//! preset means exactly what the equivalent annotations would.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -6,7 +6,9 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use jobset_restart_webhook::engine::{ClusterFacts, Config, Context, mutate_jobset, update_jobset};
+use jobset_restart_webhook::engine::{
+    ClusterFacts, Config, Environment, mutate_jobset, update_jobset,
+};
 use serde_json::{Value, json};
 
 pub fn container(i: usize) -> Value {
@@ -39,7 +41,7 @@ pub fn jobset(rjobs: usize, containers: usize) -> Value {
 }
 
 /// The JobSet as the API server stores it after CREATE (the engine's patch applied).
-pub fn stored(manifest: &Value, ctx: &Context<'_>) -> Value {
+pub fn stored(manifest: &Value, ctx: &Environment<'_>) -> Value {
     let mut out = manifest.clone();
     if let Ok(m) = mutate_jobset(&manifest.to_string(), ctx) {
         let _ = m.patch.apply(&mut out);
@@ -49,7 +51,7 @@ pub fn stored(manifest: &Value, ctx: &Context<'_>) -> Value {
 
 /// An UPDATE that changes nothing of ours (a queue resuming the JobSet): old and new are the
 /// stored object, `suspend` flipped.
-pub fn noop_update(manifest: &Value, ctx: &Context<'_>) -> (String, String) {
+pub fn noop_update(manifest: &Value, ctx: &Environment<'_>) -> (String, String) {
     let old = stored(manifest, ctx);
     let mut new = old.clone();
     new["spec"]["suspend"] = json!(false);
@@ -58,7 +60,7 @@ pub fn noop_update(manifest: &Value, ctx: &Context<'_>) -> (String, String) {
 
 fn bench(c: &mut Criterion) {
     let config = Config::default();
-    let ctx = Context {
+    let ctx = Environment {
         config: &config,
         namespace_labels: None,
         facts: ClusterFacts::default(),

@@ -4,7 +4,9 @@
 //! `skip` and `value` are the floors: serde skipping the whole input, and decoding it into
 //! a `serde_json::Value`; `update-noop` is an UPDATE that changes nothing of ours,
 //! `update-restore` one that dropped every field CREATE added.
-use jobset_restart_webhook::engine::{ClusterFacts, Config, Context, mutate_jobset, update_jobset};
+use jobset_restart_webhook::engine::{
+    ClusterFacts, Config, Environment, mutate_jobset, update_jobset,
+};
 
 #[path = "../benches/engine.rs"]
 #[allow(dead_code)]
@@ -18,7 +20,7 @@ fn main() {
     let manifest = bench::jobset(rjobs, 8);
     let raw = manifest.to_string();
     let config = Config::default();
-    let ctx = Context {
+    let ctx = Environment {
         config: &config,
         namespace_labels: None,
         facts: ClusterFacts::default(),

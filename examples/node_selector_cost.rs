@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use jobset_restart_webhook::engine::{
-    ClusterFacts, Config, Context, NodeInfo, Nodes, mutate_jobset,
+    ClusterFacts, Config, Environment, NodeInfo, Nodes, mutate_jobset,
 };
 use serde_json::json;
 
@@ -65,7 +65,7 @@ fn main() {
                                      "cloud.example.com/accelerator": "gpu"})));
     let config = Config::default();
     let time = |what: &str, raw: &str, facts: ClusterFacts| {
-        let ctx = Context {
+        let ctx = Environment {
             config: &config,
             namespace_labels: None,
             facts,

@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use crate::engine::{self, ClusterFacts, Config, Context, Denial, Mutation, ParentJobSet};
+use crate::engine::{
+    self, ClusterFacts, Config, Denial, DenialReason, Environment, Mutation, ParentJobSet,
+};
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
@@ -221,7 +223,7 @@ fn dispatch(
         _ => return Ok(Mutation::default()),
     };
     let labels = cluster.namespace_labels(namespace);
-    let ctx = Context {
+    let ctx = Environment {
         config,
         namespace_labels: labels.as_deref(),
         facts: cluster.facts(),
@@ -261,16 +263,20 @@ fn allowed(uid: &str, m: Mutation) -> Value {
 }
 
 fn denied(uid: &str, d: &Denial) -> Value {
-    let reason = match d.code {
-        422 => "Invalid",
-        400 => "BadRequest",
-        _ => "Forbidden",
-    };
+    let (code, reason) = status(d);
     json!({
         "uid": uid,
         "allowed": false,
-        "status": { "status": "Failure", "code": d.code, "reason": reason, "message": clip(d.message.clone()) },
+        "status": { "status": "Failure", "code": code, "reason": reason, "message": clip(d.message.clone()) },
     })
+}
+
+/// The HTTP status code and reason of a denial, as the API server reports them.
+fn status(d: &Denial) -> (u16, &'static str) {
+    match d.reason {
+        DenialReason::Invalid => (422, "Invalid"),
+        DenialReason::BadRequest => (400, "BadRequest"),
+    }
 }
 
 /// Cuts `message` to [`MAX_MESSAGE_BYTES`] (at a character boundary), saying how long it was.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use jobset_restart_webhook::engine::{
-    ClusterFacts, Config, Context, ParentJobSet, mutate_jobset, mutate_pod,
+    ClusterFacts, Config, DenialReason, Environment, ParentJobSet, mutate_jobset, mutate_pod,
 };
 use serde_json::{Value, json};
 
@@ -149,7 +149,7 @@ fn cases() -> Vec<Case> {
 #[test]
 fn golden_jobsets() {
     let config = config();
-    let ctx = Context {
+    let ctx = Environment {
         config: &config,
         namespace_labels: None,
         facts: ClusterFacts::default(),
@@ -197,7 +197,7 @@ fn golden_jobsets() {
 #[test]
 fn injected_rule_shapes_are_the_api_shape() {
     let config = config();
-    let ctx = Context {
+    let ctx = Environment {
         config: &config,
         namespace_labels: None,
         facts: ClusterFacts::default(),
@@ -227,7 +227,7 @@ fn golden_pod_resolves_from_its_parent() {
     let config = config();
     let docs = yaml_docs(&fixture("pods.yaml"));
     let parent = ParentJobSet::from_jobset_json(&docs[0].to_string()).expect("parent parses");
-    let ctx = Context {
+    let ctx = Environment {
         config: &config,
         namespace_labels: None,
         facts: ClusterFacts::default(),
@@ -276,7 +276,7 @@ fn namespace_label_enables_unannotated_jobset() {
         "restart.jobset.dev/in-place".to_owned(),
         "enabled".to_owned(),
     );
-    let ctx = Context {
+    let ctx = Environment {
         config: &config,
         namespace_labels: Some(&labels),
         facts: ClusterFacts::default(),
@@ -292,7 +292,7 @@ fn namespace_label_enables_unannotated_jobset() {
 #[test]
 fn invalid_annotations_are_denied_with_422_and_the_message() {
     let config = Config::default();
-    let ctx = Context {
+    let ctx = Environment {
         config: &config,
         namespace_labels: None,
         facts: ClusterFacts::default(),
@@ -300,7 +300,7 @@ fn invalid_annotations_are_denied_with_422_and_the_message() {
     let mut doc = yaml_docs(&fixture("jobsets/single.yaml")).remove(0);
     doc["metadata"]["annotations"]["restart.jobset.dev/on-exit-codes"] = json!("42,abc");
     let d = mutate_jobset(&doc.to_string(), &ctx).unwrap_err();
-    assert_eq!(d.code, 422);
+    assert_eq!(d.reason, DenialReason::Invalid);
     assert_eq!(
         d.message,
         "restart.jobset.dev/on-exit-codes: \"42,abc\": \"abc\" is not an exit code (0-255) or range a-b"
@@ -325,7 +325,7 @@ fn invalid_annotations_are_denied_with_422_and_the_message() {
     let mut doc = yaml_docs(&fixture("jobsets/single.yaml")).remove(0);
     doc["metadata"]["annotations"]["restart.jobset.dev/containers"] = json!("trainr");
     let d = mutate_jobset(&doc.to_string(), &ctx).unwrap_err();
-    assert_eq!(d.code, 422);
+    assert_eq!(d.reason, DenialReason::Invalid);
     assert_eq!(
         d.message,
         "restart.jobset.dev/containers: \"trainr\": no container or sidecar \"trainr\" in the replicated jobs it applies to; they have: trainer"
@@ -340,7 +340,7 @@ fn pruning_crd_with_pod_target_leaves_the_containers_to_the_pods() {
         jobset_crd_keeps_rules: Some(false),
         ..ClusterFacts::default()
     };
-    let ctx = Context {
+    let ctx = Environment {
         config: &config,
         namespace_labels: None,
         facts: facts.clone(),
@@ -380,7 +380,7 @@ fn pruning_crd_with_pod_target_leaves_the_containers_to_the_pods() {
     );
     // Without the pod target the JobSet is mutated as usual, with a warning that the CRD prunes.
     let config = Config::default();
-    let ctx = Context {
+    let ctx = Environment {
         config: &config,
         namespace_labels: None,
         facts,

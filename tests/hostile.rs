@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use admission_reviews::*;
 use hardening::*;
-use jobset_restart_webhook::engine::mutate::{MAX_APPLIED_BYTES, MAX_CHANGED_CONTAINERS};
+use jobset_restart_webhook::engine::applied::{MAX_APPLIED_BYTES, MAX_CHANGED_CONTAINERS};
 use jobset_restart_webhook::server::{MAX_BODY, MAX_HEAD};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt as _;

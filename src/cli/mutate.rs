@@ -12,7 +12,9 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::admission::{self, ClusterView};
-use crate::engine::{self, ClusterFacts, Config, Context, Denial, Mutation, ParentJobSet, Targets};
+use crate::engine::{
+    self, ClusterFacts, Config, Denial, DenialReason, Environment, Mutation, ParentJobSet, Targets,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct MutateArgs {
@@ -180,7 +182,7 @@ impl Previewed {
 
 fn internal(e: impl std::fmt::Display) -> Denial {
     Denial {
-        code: 500,
+        reason: DenialReason::BadRequest,
         message: format!("internal error: the computed patch does not apply: {e}"),
     }
 }
@@ -230,7 +232,7 @@ impl<'a> Preview<'a> {
     }
 
     fn one(&self, doc: &Value) -> Result<Previewed, Denial> {
-        let ctx = Context {
+        let ctx = Environment {
             config: self.config,
             namespace_labels: Some(&self.labels),
             facts: ClusterFacts::default(),
@@ -261,18 +263,18 @@ impl<'a> Preview<'a> {
     /// An AdmissionReview goes through the same code as the webhook; the printed object is
     /// `request.object` with the answer's patch applied.
     fn review(&self, doc: &Value) -> Result<Previewed, Denial> {
-        let bad = |message: String| Denial { code: 400, message };
+        let bad = |message: String| Denial {
+            reason: DenialReason::BadRequest,
+            message,
+        };
         let answer = admission::review(doc.to_string().as_bytes(), self.config, self)
             .map_err(|e| bad(e.to_string()))?;
         let resp: Value = serde_json::from_slice(&answer.body).map_err(|e| bad(e.to_string()))?;
         let r = &resp["response"];
         if r["allowed"] != Value::Bool(true) {
+            // Only the message is printed.
             return Err(Denial {
-                code: r
-                    .pointer("/status/code")
-                    .and_then(Value::as_u64)
-                    .and_then(|c| u16::try_from(c).ok())
-                    .unwrap_or(403),
+                reason: DenialReason::Invalid,
                 message: r
                     .pointer("/status/message")
                     .and_then(Value::as_str)

@@ -2,21 +2,20 @@
 //! `restart.jobset.dev/*` annotations of the JobSet and of each replicated job's template —
 //! exactly what [`ParentJobSet`] needs, nothing else.
 //!
-//! The watcher deserializes list pages and watch events straight into this type, so the pod
-//! templates, `managedFields`, `status` and foreign annotations (a `kubectl apply`
-//! `last-applied-configuration` holds the whole object) are skipped by the parser and never
-//! allocated: a JobSet costs the cache its two names plus its restart annotations.
+//! The watcher deserializes list pages and watch events straight into this type through the
+//! engine's parent parser ([`crate::engine::parent`]), so the pod templates, `managedFields`,
+//! `status` and foreign annotations (a `kubectl apply` `last-applied-configuration` holds the
+//! whole object) are skipped by the parser and never allocated: a JobSet costs the cache its
+//! two names plus its restart annotations.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt;
 
 use kube::core::{NamespaceResourceScope, ObjectMeta, Resource};
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::engine::ParentJobSet;
-use crate::engine::annotations::{APPLIED, PREFIX};
+use crate::engine::parent::{ParentSpec, restart_annotations};
 
 pub const GROUP: &str = "jobset.x-k8s.io";
 pub const VERSION: &str = "v1alpha2";
@@ -58,12 +57,13 @@ impl Resource for SlimJobSet {
     }
 }
 
+/// The JobSet as the watch sends it, read by the engine's parent parser plus the three names.
 #[derive(Deserialize)]
 struct RawJobSet {
     #[serde(default)]
     metadata: RawMeta,
     #[serde(default)]
-    spec: Option<RawSpec>,
+    spec: Option<ParentSpec>,
 }
 
 #[derive(Default, Deserialize)]
@@ -79,49 +79,8 @@ struct RawMeta {
     annotations: BTreeMap<String, String>,
 }
 
-#[derive(Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawSpec {
-    #[serde(default, deserialize_with = "null_as_default")]
-    replicated_jobs: Vec<RawReplicatedJob>,
-}
-
-#[derive(Deserialize)]
-struct RawReplicatedJob {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    template: Option<RawTemplate>,
-}
-
-#[derive(Deserialize)]
-struct RawTemplate {
-    #[serde(default)]
-    metadata: Option<RawTemplateMeta>,
-}
-
-#[derive(Deserialize)]
-struct RawTemplateMeta {
-    #[serde(default, deserialize_with = "restart_annotations")]
-    annotations: BTreeMap<String, String>,
-}
-
 impl From<RawJobSet> for SlimJobSet {
     fn from(raw: RawJobSet) -> Self {
-        let mut parent = ParentJobSet {
-            annotations: raw.metadata.annotations,
-            replicated_jobs: BTreeMap::new(),
-        };
-        for rj in raw.spec.map(|s| s.replicated_jobs).unwrap_or_default() {
-            if let Some(name) = rj.name {
-                let anns = rj
-                    .template
-                    .and_then(|t| t.metadata)
-                    .map(|m| m.annotations)
-                    .unwrap_or_default();
-                parent.replicated_jobs.insert(name, anns);
-            }
-        }
         Self {
             metadata: ObjectMeta {
                 name: raw.metadata.name,
@@ -129,7 +88,7 @@ impl From<RawJobSet> for SlimJobSet {
                 resource_version: raw.metadata.resource_version,
                 ..ObjectMeta::default()
             },
-            parent,
+            parent: ParentJobSet::from_parts(raw.metadata.annotations, raw.spec),
         }
     }
 }
@@ -189,89 +148,6 @@ impl From<ParentJobSet> for CachedParent {
                 .map(|(name, a)| (name.into_boxed_str(), pairs(a)))
                 .collect(),
         }
-    }
-}
-
-fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
-
-/// Whether an annotation key is one the engine reads (the same filter as
-/// [`ParentJobSet::from_jobset_json`]).
-pub fn is_restart_annotation(key: &str) -> bool {
-    key.starts_with(PREFIX) && key != APPLIED
-}
-
-/// Reads an annotation map keeping only `restart.jobset.dev/*` keys; other values are skipped
-/// by the parser without being allocated.
-fn restart_annotations<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
-where
-    D: Deserializer<'de>,
-{
-    struct Filter;
-
-    impl<'de> Visitor<'de> for Filter {
-        type Value = BTreeMap<String, String>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a map of annotations")
-        }
-
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(BTreeMap::new())
-        }
-
-        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(BTreeMap::new())
-        }
-
-        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
-            d.deserialize_map(self)
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = BTreeMap::new();
-            while let Some(key) = map.next_key::<Key<'de>>()? {
-                if is_restart_annotation(&key.0) {
-                    let value: String = map.next_value()?;
-                    out.insert(key.0.into_owned(), value);
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(out)
-        }
-    }
-
-    d.deserialize_option(Filter)
-}
-
-/// A map key, borrowed from the input when it can be (no allocation for skipped keys).
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
     }
 }
 

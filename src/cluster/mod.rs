@@ -364,7 +364,7 @@ pub async fn serve_options(args: &ServeArgs) -> ServerOptions {
              target (pods are allowed unchanged) and capability detection (the config's \
              default action applies) are off; JobSets are served from their annotations and \
              the config file",
-            crate::engine::policy::NAMESPACE_LABEL
+            crate::engine::resolve::NAMESPACE_LABEL
         );
         ServerOptions {
             cluster: Arc::new(Offline),

@@ -21,9 +21,9 @@
 //!    rules the stored object did not have.
 //! 3. Else every container the record names (`rjob/container`; every container when the
 //!    record was cut) that lost `restartPolicyRules`, and either lost `restartPolicy` too or
-//!    kept it as stored (sidecars: the rules), gets the stored values back; a recorded replicated job's pod template that lost
-//!    its `restartPolicy` gets the stored one; a lost `applied` annotation comes back. Fields
-//!    the update sets itself are left alone.
+//!    kept it as stored (sidecars: the rules), gets the stored values back; a recorded
+//!    replicated job's pod template that lost its `restartPolicy` gets the stored one; a lost
+//!    `applied` annotation comes back. Fields the update sets itself are left alone.
 //!
 //! An update that drops nothing of ours gets an empty answer after reading the two views.
 
@@ -34,10 +34,9 @@ use json_patch::jsonptr::PointerBuf;
 use serde_json::json;
 
 use super::annotations::{APPLIED, quote};
-use super::mutate::{
-    Container, Context, Denial, JobSetDoc, MAX_CHANGED_CONTAINERS, Mutation, ParentJobSet, PodSpec,
-    StrMap, add_applied, mutate_jobset, pod_spec_pointer,
-};
+use super::applied::{MAX_CHANGED_CONTAINERS, add_applied};
+use super::view::{Container, JobSetDoc, PodSpec, StrMap, pod_spec_pointer};
+use super::{Denial, Environment, Mutation, ParentJobSet, mutate_jobset};
 
 /// The warning of rule 1.
 pub const SETTINGS_CHANGED: &str = "this update changes restart.jobset.dev annotations: they \
@@ -45,16 +44,16 @@ pub const SETTINGS_CHANGED: &str = "this update changes restart.jobset.dev annot
      rules on this JobSet now; recreate it to apply the new settings";
 
 /// Mutates a JobSet UPDATE: `raw` is `request.object`, `old_raw` is `request.oldObject`.
-pub fn update_jobset(raw: &str, old_raw: &str, ctx: &Context<'_>) -> Result<Mutation, Denial> {
+pub fn update_jobset(raw: &str, old_raw: &str, env: &Environment<'_>) -> Result<Mutation, Denial> {
     let (Ok(new), Ok(old)) = (
         serde_json::from_str::<JobSetDoc<'_>>(raw),
         serde_json::from_str::<JobSetDoc<'_>>(old_raw),
     ) else {
         // A JobSet the views cannot read: CREATE's checks explain it when it matters.
-        return mutate_jobset(raw, ctx).map(|_| Mutation::default());
+        return mutate_jobset(raw, env).map(|_| Mutation::default());
     };
     if settings(&new) != settings(&old) {
-        return mutate_jobset(raw, ctx).map(|_| Mutation {
+        return mutate_jobset(raw, env).map(|_| Mutation {
             warnings: vec![SETTINGS_CHANGED.to_owned()],
             ..Mutation::default()
         });
@@ -255,11 +254,11 @@ fn restore(new: &JobSetDoc<'_>, old: &JobSetDoc<'_>, record: &str) -> Result<Mut
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{ClusterFacts, Config};
+    use crate::engine::{ClusterFacts, Config, DenialReason};
     use serde_json::Value;
 
-    fn ctx(config: &Config) -> Context<'_> {
-        Context {
+    fn env(config: &Config) -> Environment<'_> {
+        Environment {
             config,
             namespace_labels: None,
             facts: ClusterFacts::default(),
@@ -295,14 +294,14 @@ mod tests {
     /// What the API server stores after CREATE.
     fn stored(config: &Config) -> Value {
         let mut js = manifest();
-        let m = mutate_jobset(&js.to_string(), &ctx(config)).unwrap_or_else(|d| panic!("{d}"));
+        let m = mutate_jobset(&js.to_string(), &env(config)).unwrap_or_else(|d| panic!("{d}"));
         m.patch.apply(&mut js).unwrap_or_else(|e| panic!("{e}"));
         js
     }
 
     fn update(new: &Value, old: &Value) -> Result<Mutation, Denial> {
         let config = Config::default();
-        update_jobset(&new.to_string(), &old.to_string(), &ctx(&config))
+        update_jobset(&new.to_string(), &old.to_string(), &env(&config))
     }
 
     fn applied(m: &Mutation, to: &Value) -> Value {
@@ -388,13 +387,13 @@ mod tests {
         assert_eq!(m.warnings, vec![SETTINGS_CHANGED.to_owned()]);
 
         new["metadata"]["annotations"]["restart.jobset.dev/in-place"] = json!("yes please");
-        let d = update(&new, &old).err().map(|d| (d.code, d.message));
+        let d = update(&new, &old).err().map(|d| (d.reason, d.message));
         assert_eq!(
             d.map(|(c, m)| (
                 c,
                 m.starts_with("restart.jobset.dev/in-place: \"yes please\"")
             )),
-            Some((422, true))
+            Some((DenialReason::Invalid, true))
         );
     }
 
@@ -419,7 +418,7 @@ mod tests {
         let old = stored(&Config::default());
         let mut new = manifest();
         new["spec"]["replicatedJobs"] = json!("not a list");
-        let d = update(&new, &old).err().map(|d| d.code);
-        assert_eq!(d, Some(400));
+        let d = update(&new, &old).err().map(|d| d.reason);
+        assert_eq!(d, Some(DenialReason::BadRequest));
     }
 }

@@ -13,7 +13,7 @@ use crate::engine::annotations::{
     ACTION, APPLIED, CONTAINERS, EXCEPT_EXIT_CODES, IN_PLACE, MAX_EXIT_CODE_VALUES, ON_EXIT_CODES,
     PREFIX, PRESET, REPLICATED_JOBS,
 };
-use crate::engine::mutate::{APPLIED_TAIL_BYTES, MAX_APPLIED_BYTES, MAX_CHANGED_CONTAINERS};
+use crate::engine::applied::{APPLIED_TAIL_BYTES, MAX_APPLIED_BYTES, MAX_CHANGED_CONTAINERS};
 
 /// A CEL string literal (single-quoted, escaped).
 pub fn lit(s: &str) -> String {
@@ -413,7 +413,7 @@ fn container_entries(list: &str, guard: &str, carries: &str, set: &str) -> Strin
     )
 }
 
-/// The resolved rule per replicated job (`policy::resolve`) and the planned changes
+/// The resolved rule per replicated job (`engine::resolve::resolve`) and the planned changes
 /// (`plan_pod_spec`).
 fn rule_variables(c: &Constants) -> Vec<Variable> {
     let n = "lists.range(size(variables.rjobs))";

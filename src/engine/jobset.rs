@@ -1,0 +1,347 @@
+//! JobSet CREATE: validate the annotations, resolve each replicated job and plan its pod
+//! template (README: Opting in).
+
+use super::annotations::{self, APPLIED, AnnotationError, Annotations, Scope, quote};
+use super::applied::{Applied, MAX_CHANGED_CONTAINERS, add_applied};
+use super::containers::{Target, never, plan_pod_spec};
+use super::resolve::{self, ContainersFrom, Decision, Inputs};
+use super::view::{Head, JobSetDoc, JobSetSpec, PodSpec, StrMap, pod_spec_pointer};
+use super::{Denial, DenialReason, Environment, Mutation};
+
+/// Mutates a JobSet CREATE. `raw` is the JSON of `request.object`.
+pub fn mutate_jobset(raw: &str, env: &Environment<'_>) -> Result<Mutation, Denial> {
+    let (namespace, ns_warning) = resolve::namespace_default(env.namespace_labels);
+    let doc: JobSetDoc<'_> = match serde_json::from_str(raw) {
+        Ok(d) => d,
+        Err(e) => return unreadable_jobset(raw, &e, namespace, env),
+    };
+    let meta_annotations = doc.metadata.as_ref().and_then(|m| m.annotations.as_ref());
+    let jobset = parse_map(meta_annotations, &Scope::JobSet)?;
+    let mut out = Mutation::default();
+    let spec = doc.spec.unwrap_or(JobSetSpec {
+        replicated_jobs: Vec::new(),
+    });
+
+    // Validate every annotation of every replicated job before deciding anything, so that an
+    // invalid value is reported even where it would not be used.
+    let mut rjob_annotations = Vec::with_capacity(spec.replicated_jobs.len());
+    for rj in &spec.replicated_jobs {
+        let name = rj.name.as_deref().unwrap_or_default();
+        let map = rj
+            .template
+            .as_ref()
+            .and_then(|t| t.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref());
+        rjob_annotations.push(parse_map(map, &Scope::ReplicatedJob(name.to_owned()))?);
+    }
+    if let Some(names) = &jobset.replicated_jobs {
+        let existing: Vec<&str> = spec
+            .replicated_jobs
+            .iter()
+            .filter_map(|r| r.name.as_deref())
+            .collect();
+        if let Some(missing) = names.iter().find(|n| !existing.contains(&n.as_str())) {
+            return Err(AnnotationError::new(
+                &Scope::JobSet,
+                annotations::REPLICATED_JOBS,
+                &names.join(","),
+                if existing.is_empty() {
+                    format!(
+                        "this JobSet has no replicated job {}; it has none",
+                        quote(missing)
+                    )
+                } else {
+                    format!(
+                        "this JobSet has no replicated job {}; it has: {}",
+                        quote(missing),
+                        existing.join(", ")
+                    )
+                },
+            )
+            .into());
+        }
+    }
+
+    let mut applied = Applied::default();
+    let mut any_enabled = false;
+    let mut lists: Vec<NamedList<'_>> = Vec::new();
+    let rules_go_to_pods =
+        env.facts.jobset_crd_keeps_rules == Some(false) && env.config.targets.pods;
+    for (i, (rj, rj_ann)) in spec
+        .replicated_jobs
+        .iter()
+        .zip(&rjob_annotations)
+        .enumerate()
+    {
+        let name = rj.name.as_deref().unwrap_or_default();
+        let listed = jobset
+            .replicated_jobs
+            .as_ref()
+            .is_none_or(|l| l.iter().any(|n| n == name));
+        if !listed && rj_ann.settings.in_place.is_none() {
+            continue;
+        }
+        let pod_spec = rj.pod_spec();
+        let selector = pod_spec.map(PodSpec::selector).unwrap_or_default();
+        let inputs = Inputs {
+            jobset: &jobset,
+            replicated_job: Some((name, rj_ann)),
+            namespace,
+            config: env.config,
+            facts: &env.facts,
+            node_selector: &selector,
+        };
+        let resolved = match resolve::resolve(&inputs, &mut out.warnings)? {
+            Decision::Disabled => continue,
+            Decision::Enabled(r) => r,
+        };
+        any_enabled = true;
+        let Some(pod_spec) = pod_spec else {
+            out.warnings.push(format!(
+                "replicated job {}: no pod template (template.spec.template.spec); left unchanged",
+                quote(name)
+            ));
+            continue;
+        };
+        let base = pod_spec_pointer(i);
+        // A CRD that prunes the rules would keep only the containers' `restartPolicy`, and
+        // the pod target would then take those containers for user-set and skip them. So
+        // with the pod target on, the containers are left to it: the JobSet gets the pod
+        // template's `restartPolicy` and the summary of what the pods will carry.
+        let mut template_ops = Mutation::default();
+        let sink = if rules_go_to_pods {
+            &mut template_ops
+        } else {
+            &mut out
+        };
+        let entries_before = applied.entries;
+        let present = plan_pod_spec(
+            pod_spec,
+            &base,
+            &resolved,
+            name,
+            Target::Template,
+            env,
+            sink,
+            &mut applied,
+        )?;
+        out.warnings.append(&mut template_ops.warnings);
+        let gets_rules = applied.entries > entries_before;
+        if let Some(names) = resolved.containers {
+            lists.push(NamedList {
+                rjob: name,
+                names,
+                from: resolved.containers_from,
+                present,
+            });
+        }
+        // A pod template whose containers get no rule keeps its failure behaviour: switching
+        // it to `Never` would change what the user asked for without giving in-place restarts.
+        if !gets_rules {
+            out.warnings.push(format!(
+                "replicated job {}: no container gets the restart rule, so its pod template is \
+                 left as it is",
+                quote(name)
+            ));
+            continue;
+        }
+        match pod_spec.restart_policy.as_deref() {
+            None => out.patch.add_under(&base, "restartPolicy", never()),
+            Some("Never") => {}
+            Some("OnFailure") => out.warnings.push(format!(
+                "replicated job {}: the pod template sets restartPolicy: OnFailure, so every \
+                 in-place restart counts against the Job's backoffLimit; set it to Never to \
+                 avoid that",
+                quote(name)
+            )),
+            Some(other) => out.warnings.push(format!(
+                "replicated job {}: the pod template sets restartPolicy: {}; Jobs accept only \
+                 Never or OnFailure",
+                quote(name),
+                quote(other)
+            )),
+        }
+    }
+    check_container_names(&lists)?;
+    if applied.changed > MAX_CHANGED_CONTAINERS {
+        return Err(Denial {
+            reason: DenialReason::Invalid,
+            message: format!(
+                "in-place restart would change {} containers of this JobSet, more than the {} \
+                 the webhook changes in one JobSet; select the containers that need it with {} \
+                 (container names) or the replicated jobs with {} (replicated job names)",
+                applied.changed,
+                MAX_CHANGED_CONTAINERS,
+                annotations::CONTAINERS,
+                annotations::REPLICATED_JOBS
+            ),
+        });
+    }
+    if let Some(w) = ns_warning {
+        out.warnings.push(w);
+    }
+    if !any_enabled {
+        return Ok(out);
+    }
+    if applied.is_empty() {
+        out.warnings.push(
+            "in-place restart is enabled for this JobSet, but no container gets the restart \
+             rule, so the JobSet is left as it is"
+                .to_owned(),
+        );
+        return Ok(out);
+    }
+    if rules_go_to_pods {
+        out.warnings.push(
+            "the installed JobSet CRD predates restartPolicyRules (JobSet < v0.10) and would \
+             prune them: the rules are injected into this JobSet's pods instead (pod target)"
+                .to_owned(),
+        );
+    } else if env.facts.jobset_crd_keeps_rules == Some(false) {
+        out.warnings.push(
+            "the installed JobSet CRD predates restartPolicyRules (JobSet < v0.10) and prunes \
+             them from JobSets: the injected rules will not be stored; upgrade JobSet or run \
+             the webhook with --targets jobsets,pods so that pods get the rules"
+                .to_owned(),
+        );
+    }
+    let summary = applied.finish();
+    let current = meta_annotations.and_then(|m| m.get(APPLIED));
+    if current.map(|c| c.as_ref()) != Some(summary.as_str()) {
+        add_applied(&mut out.patch, doc.metadata.as_ref(), &summary);
+    }
+    out.summary = Some(summary);
+    Ok(out)
+}
+
+/// A replicated job that names its containers, and the containers and init containers its
+/// pod template has.
+struct NamedList<'a> {
+    rjob: &'a str,
+    names: Vec<String>,
+    from: ContainersFrom,
+    present: Vec<String>,
+}
+
+/// A container name that exists in none of the replicated jobs its list applies to is a typo
+/// (`trainr`): refused, as an unknown replicated job is, instead of admitting a JobSet that
+/// asked for in-place restarts and gets none. A name missing from only some of them is a
+/// warning (`plan_pod_spec`). Lists written by the admin (a preset, the cluster config) serve
+/// many workloads and often name a superset (`trainer,main,worker`): they are refused only
+/// when none of their names is there. The first problem, in replicated-job and list order.
+fn check_container_names(lists: &[NamedList<'_>]) -> Result<(), Denial> {
+    let existing_in = |users: &mut dyn Iterator<Item = &NamedList<'_>>| -> String {
+        let mut existing: Vec<&str> = Vec::new();
+        for p in users.flat_map(|l| &l.present) {
+            if !existing.contains(&p.as_str()) {
+                existing.push(p);
+            }
+        }
+        if existing.is_empty() {
+            "they have none".to_owned()
+        } else {
+            format!("they have: {}", existing.join(", "))
+        }
+    };
+    for list in lists {
+        let value = list.names.join(",");
+        let problem = match &list.from {
+            ContainersFrom::Preset { .. } | ContainersFrom::Config => {
+                let users = || lists.iter().filter(|l| l.names == list.names);
+                if users().any(|l| l.names.iter().any(|n| l.present.contains(n))) {
+                    continue;
+                }
+                format!(
+                    "none of these containers or sidecars is in the replicated jobs it applies \
+                     to; {}",
+                    existing_in(&mut users())
+                )
+            }
+            _ => {
+                let Some(name) = list.names.iter().find(|name| {
+                    !lists
+                        .iter()
+                        .any(|l| l.names.contains(name) && l.present.contains(name))
+                }) else {
+                    continue;
+                };
+                format!(
+                    "no container or sidecar {} in the replicated jobs it applies to; {}",
+                    quote(name),
+                    existing_in(&mut lists.iter().filter(|l| l.names.contains(name)))
+                )
+            }
+        };
+        return Err(match &list.from {
+            ContainersFrom::ReplicatedJob => AnnotationError::new(
+                &Scope::ReplicatedJob(list.rjob.to_owned()),
+                annotations::CONTAINERS,
+                &value,
+                problem,
+            )
+            .into(),
+            ContainersFrom::Preset { name, scope } => AnnotationError::new(
+                scope,
+                annotations::PRESET,
+                name,
+                format!("its containers {}: {problem}", quote(&value)),
+            )
+            .into(),
+            ContainersFrom::Config => Denial {
+                reason: DenialReason::Invalid,
+                message: format!(
+                    "the cluster config's defaults.containers {}: {problem}",
+                    quote(&value)
+                ),
+            },
+            ContainersFrom::JobSet | ContainersFrom::Nowhere => {
+                AnnotationError::new(&Scope::JobSet, annotations::CONTAINERS, &value, problem)
+                    .into()
+            }
+        });
+    }
+    Ok(())
+}
+
+/// The JobSet does not fit the view (a field of the wrong type). Only a JobSet that opts in
+/// needs its spec read; the API server's schema validation answers for the rest.
+fn unreadable_jobset(
+    raw: &str,
+    err: &serde_json::Error,
+    namespace: Option<annotations::InPlace>,
+    env: &Environment<'_>,
+) -> Result<Mutation, Denial> {
+    let head: Head<'_> = serde_json::from_str(raw).map_err(|e| Denial {
+        reason: DenialReason::BadRequest,
+        message: format!("the object is not a JobSet the webhook can read: {e}"),
+    })?;
+    let annotations = head.metadata.as_ref().and_then(|m| m.annotations.as_ref());
+    let jobset = parse_map(annotations, &Scope::JobSet)?;
+    let inputs = Inputs {
+        jobset: &jobset,
+        replicated_job: None,
+        namespace,
+        config: env.config,
+        facts: &env.facts,
+        node_selector: &[],
+    };
+    match resolve::resolve(&inputs, &mut Vec::new())? {
+        Decision::Disabled => Ok(Mutation::default()),
+        Decision::Enabled(_) => Err(Denial {
+            reason: DenialReason::BadRequest,
+            message: format!("spec: not a JobSet spec the webhook can read: {err}"),
+        }),
+    }
+}
+
+fn parse_map(map: Option<&StrMap<'_>>, scope: &Scope) -> Result<Annotations, AnnotationError> {
+    annotations::parse(
+        map.into_iter()
+            .flatten()
+            .map(|(k, v)| (k.as_ref(), v.as_ref())),
+        scope,
+    )
+}
+
+#[cfg(test)]
+mod tests;

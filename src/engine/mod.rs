@@ -3,12 +3,12 @@
 //! client types live here, so the same code serves the webhook, the `mutate` preview, the
 //! benches and the fuzz targets.
 //!
-//! Decisions are made on small borrowed views of the raw JSON ([`view`]). The output is a list
+//! Decisions are made on small borrowed views of the raw JSON (`view.rs`). The output is a list
 //! of RFC 6902 operations addressed into the original document, so nothing is ever
 //! re-serialized from typed structs and fields the webhook does not know survive byte for byte.
 //!
-//! - [`jobset`]: JobSet CREATE; [`pod`]: Pod CREATE; [`update`]: JobSet UPDATE.
-//! - [`containers`]: the per-container rule all three share; [`applied`]: its summary.
+//! - `jobset.rs`: JobSet CREATE; `pod.rs`: Pod CREATE; [`update`]: JobSet UPDATE.
+//! - `containers.rs`: the per-container rule all three share; [`applied`]: its summary.
 //! - [`resolve`]: precedence of annotations, preset, namespace label and cluster config.
 //! - [`parent`]: the pod's view of its JobSet, as the cluster cache keeps it.
 

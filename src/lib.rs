@@ -11,6 +11,7 @@ pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod engine;
+mod json_log;
 pub mod policy;
 pub mod server;
 pub mod telemetry;

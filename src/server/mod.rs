@@ -13,7 +13,7 @@
 //! - a connection cap, `TCP_NODELAY`, a lingering close after refusing a body, and a drain
 //!   that finishes in-flight requests and closes keep-alive connections.
 //!
-//! Data flow: bytes in → [`conn`] → [`routes`] → [`mutate`] (HTTP hygiene) →
+//! Data flow: bytes in → [`conn`] → [`routes`] → `mutate` (HTTP hygiene) →
 //! `admission::review` (synchronous, microseconds) → bytes out. Nothing here knows the
 //! AdmissionReview format.
 //!

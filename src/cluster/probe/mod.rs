@@ -12,7 +12,7 @@
 //!   template's containers? JobSet < v0.10 CRDs lack it, and the API server prunes what its
 //!   schema does not declare.
 //!
-//! The interpretation of each answer is a pure function ([`interpret`]), tested on small
+//! The interpretation of each answer is a pure function (`interpret`), tested on small
 //! inputs.
 
 mod interpret;

@@ -7,7 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use jobset_restart_webhook::{certs, cli, server};
+use jobset_restart_webhook::{certs, cli};
 
 #[derive(Parser)]
 #[command(
@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the admission webhook (HTTPS) and its admin port (metrics, health).
-    Serve(Box<server::ServeArgs>),
+    Serve(Box<cli::serve::ServeArgs>),
     /// Preview the mutation offline: read JobSets/Pods/AdmissionReviews, print the result.
     Mutate(cli::mutate::MutateArgs),
     /// Write a CA and a serving certificate for the webhook's Service.
@@ -39,7 +39,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => server::run(*args),
+        Command::Serve(args) => cli::serve::run(*args),
         Command::Mutate(args) => cli::mutate::run(args),
         Command::Certs(args) => certs::run(args),
         Command::Check(args) => cli::check::run(args),

@@ -136,13 +136,13 @@ impl ClusterView for KnownParent {
 
 fn webhook_with_parent(listen: SocketAddr, cert: &Path, key: &Path, extra: &[String]) {
     use clap::Parser as _;
-    use jobset_restart_webhook::server::{self, ServeArgs, ServerOptions};
+    use jobset_restart_webhook::server::{self, ServerArgs, ServerOptions};
     use jobset_restart_webhook::telemetry::{self, LogFormat};
 
     #[derive(clap::Parser)]
     struct Cli {
         #[command(flatten)]
-        serve: ServeArgs,
+        serve: ServerArgs,
     }
     let mut argv = vec![
         "serve".to_owned(),

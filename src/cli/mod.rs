@@ -1,4 +1,7 @@
-//! Subcommands that run once and exit (the long-running `serve` lives in `server`).
+//! The subcommands: `serve` (the composition root of the long-running server) and the ones
+//! that run once and exit, plus the flag parsers they share.
+pub mod args;
 pub mod check;
 pub mod mutate;
 pub mod policy;
+pub mod serve;

@@ -1,8 +1,9 @@
-//! What the webhook knows about the cluster it runs in (SPEC §4 pods, §5, §7), kept off the
-//! request path: background tasks fill caches and facts, requests only read them.
+//! What the webhook knows about the cluster it runs in (the pod target, namespace defaults
+//! and capability detection; see the README), kept off the request path: background tasks
+//! fill caches and facts, requests only read them.
 //!
 //! - Namespaces: a metadata-only watch (`Api<PartialObjectMeta<Namespace>>`: the API server
-//!   sends metadata only), keeping each namespace's labels (SPEC §5 namespace defaults).
+//!   sends metadata only), keeping each namespace's labels (for namespace defaults).
 //! - JobSets (`jobset.x-k8s.io/v1alpha2`): a watch whose objects deserialize straight into
 //!   [`jobset::SlimJobSet`] (names and `restart.jobset.dev/*` annotations only), for the pod
 //!   target's parent lookup.
@@ -20,8 +21,10 @@
 
 pub mod cache;
 pub mod jobset;
+mod metrics;
 pub mod node;
 pub mod probe;
+mod readiness;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,18 +36,17 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use crate::admission::{ClusterView, Offline};
-use crate::engine::{self, ClusterFacts, Config, NodeInfo, ParentJobSet, Targets};
-use crate::server::{ReadinessCheck, ServeArgs, ServerOptions};
+use crate::admission::ClusterView;
+use crate::cli::args::parse_period;
+use crate::engine::{self, ClusterFacts, NodeInfo, ParentJobSet, Targets};
 use cache::Cache;
 use probe::Capabilities;
+
+pub use metrics::ClusterMetrics;
+pub use readiness::{NotReady, offline_detail};
 
 /// `serve`'s flags for the cluster connection.
 #[derive(clap::Args, Debug, Clone)]
@@ -61,7 +63,7 @@ pub struct ClusterArgs {
     /// How often the cluster's capabilities are probed again (a failed round is retried
     /// after at most 30 s).
     #[arg(long, env = "JRW_CAPABILITY_INTERVAL", default_value = "5m",
-          value_parser = crate::server::parse_period)]
+          value_parser = parse_period)]
     pub capability_interval: Duration,
 }
 
@@ -319,43 +321,36 @@ fn log_changes(first: bool, before: &Capabilities, now: &Capabilities) {
     };
     info!(
         server_version = now.server_version.as_deref().unwrap_or("unknown"),
-        restart_policy_rules = show(now.restart_policy_rules.value),
+        container_restart_rules = show(now.restart_policy_rules.value),
         restart_all_containers = show(now.restart_all_containers.value),
         jobset_crd_installed = show(now.jobset_crd_installed.value),
         jobset_crd_keeps_rules = show(now.jobset_crd_keeps_rules.value),
         "cluster capabilities"
     );
-    for (name, f) in [
-        ("restart_policy_rules", &now.restart_policy_rules),
-        ("restart_all_containers", &now.restart_all_containers),
-        ("jobset_crd_installed", &now.jobset_crd_installed),
-        ("jobset_crd_keeps_rules", &now.jobset_crd_keeps_rules),
-    ] {
+    for (name, f) in now.findings() {
         if f.value != Some(true) {
             warn!(capability = name, detail = %f.detail, "cluster capability");
         }
     }
 }
 
-/// The targets `serve` starts with (`--targets`, else the config file's, else the default);
-/// decides whether `/readyz` waits for the caches.
-fn start_targets(args: &ServeArgs) -> Targets {
-    if let Some(t) = args.targets {
-        return t;
-    }
-    args.config
-        .as_deref()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|text| Config::from_yaml(&text, "config").ok())
-        .map(|c| c.targets)
-        .unwrap_or_default()
+/// What [`start`] brought up.
+pub enum Started {
+    /// No cluster (`--no-cluster`, or no credentials): why, in a few words.
+    Offline(String),
+    /// Watches and probes run in the background and fill `cluster`.
+    Online {
+        cluster: Arc<Cluster>,
+        /// The pod target is on: `/readyz` waits for the caches.
+        caches_required: bool,
+    },
 }
 
-/// Connects to the cluster (when there are credentials), starts the caches and the probes
-/// on the current runtime, and returns what `serve` plugs in. Never fails: without a
-/// cluster the webhook serves from annotations and config alone.
-pub async fn serve_options(args: &ServeArgs) -> ServerOptions {
-    let targets = start_targets(args);
+/// Connects to the cluster (when there are credentials) and starts the caches and the
+/// probes on the current runtime. Never fails: without a cluster the webhook serves from
+/// annotations and config alone. `targets` are the ones `serve` starts with; they decide
+/// whether `/readyz` waits for the caches.
+pub async fn start(args: &ClusterArgs, targets: Targets) -> Started {
     let off = |why: &str, error: String| {
         warn!(
             reason = %why,
@@ -366,13 +361,9 @@ pub async fn serve_options(args: &ServeArgs) -> ServerOptions {
              the config file",
             crate::engine::resolve::NAMESPACE_LABEL
         );
-        ServerOptions {
-            cluster: Arc::new(Offline),
-            readiness: vec![Arc::new(OfflineCheck(why.to_owned())) as Arc<dyn ReadinessCheck>],
-            collectors: Vec::new(),
-        }
+        Started::Offline(why.to_owned())
     };
-    if args.cluster.no_cluster {
+    if args.no_cluster {
         return off("--no-cluster", String::new());
     }
     let client = match Client::try_default().await {
@@ -385,7 +376,6 @@ pub async fn serve_options(args: &ServeArgs) -> ServerOptions {
         }
     };
     let namespace = args
-        .cluster
         .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
@@ -400,7 +390,7 @@ pub async fn serve_options(args: &ServeArgs) -> ServerOptions {
     let cl = client.clone();
     tokio::spawn(async move { c.watch_nodes(cl).await });
     let c = cluster.clone();
-    let interval = args.cluster.capability_interval;
+    let interval = args.capability_interval;
     let ns = namespace.clone();
     tokio::spawn(async move { c.probe_loop(client, ns, interval).await });
     info!(
@@ -409,95 +399,11 @@ pub async fn serve_options(args: &ServeArgs) -> ServerOptions {
         readiness_waits_for_caches = targets.pods,
         "cluster: watching namespaces, JobSets and nodes, probing capabilities"
     );
-    ServerOptions {
-        cluster: cluster.clone(),
-        readiness: vec![
-            Arc::new(CachesCheck {
-                cluster: cluster.clone(),
-                required: targets.pods,
-            }),
-            Arc::new(CapabilitiesCheck(cluster.clone())),
-        ],
-        collectors: vec![Box::new(ClusterMetrics(cluster))],
+    Started::Online {
+        cluster,
+        caches_required: targets.pods,
     }
 }
-
-// ---- /readyz ------------------------------------------------------------------------------
-
-/// `cluster-caches`: both caches synced (required when the pod target is on).
-pub struct CachesCheck {
-    pub cluster: Arc<Cluster>,
-    pub required: bool,
-}
-
-impl ReadinessCheck for CachesCheck {
-    fn name(&self) -> &str {
-        "cluster-caches"
-    }
-
-    fn check(&self) -> Result<String, String> {
-        let c = &self.cluster;
-        let detail = format!(
-            "{}; {}; {}",
-            c.namespaces.describe(),
-            c.jobsets.describe(),
-            c.nodes.describe()
-        );
-        let synced = c.namespaces.synced() && c.jobsets.synced();
-        if synced || !self.required {
-            Ok(detail)
-        } else {
-            Err(format!("{detail}; the pod target needs both synced"))
-        }
-    }
-}
-
-/// `cluster-capabilities`: the probe's findings; not ready until the first round finished,
-/// so no request is decided on a guess right after start.
-pub struct CapabilitiesCheck(pub Arc<Cluster>);
-
-impl ReadinessCheck for CapabilitiesCheck {
-    fn name(&self) -> &str {
-        "cluster-capabilities"
-    }
-
-    fn check(&self) -> Result<String, String> {
-        let c = &self.0;
-        if !c.probed.load(Ordering::Acquire) {
-            return Err("probing the API server (first round not finished)".to_owned());
-        }
-        // Until the nodes are listed the default action would follow the API server alone.
-        // A node watch that fails (RBAC without nodes, say) does not hold readiness back:
-        // the webhook then works as it did without node awareness, and says so here.
-        if !c.nodes.synced() && c.nodes.errors() == 0 {
-            return Err(format!("listing the nodes ({})", c.nodes.describe()));
-        }
-        Ok(c.capabilities_detail())
-    }
-}
-
-/// `cluster`: always ready; says why the cluster features are off.
-pub struct OfflineCheck(pub String);
-
-impl ReadinessCheck for OfflineCheck {
-    fn name(&self) -> &str {
-        "cluster"
-    }
-
-    fn check(&self) -> Result<String, String> {
-        Ok(format!(
-            "off ({}): no namespace defaults, pod target or capability detection",
-            self.0
-        ))
-    }
-}
-
-// ---- metrics ------------------------------------------------------------------------------
-
-/// Scrape-time metrics of the caches and capabilities (read from the live state, so they
-/// cannot drift from it). Names get the registry's `jobset_restart_webhook_` prefix.
-#[derive(Debug)]
-pub struct ClusterMetrics(pub Arc<Cluster>);
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -505,276 +411,5 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CapabilityLabels {
-    capability: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NodeLabels {
-    state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CacheLabels {
-    cache: &'static str,
-}
-
-impl Collector for ClusterMetrics {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let c = &self.0;
-        let caps = c.capabilities();
-        let g = ConstGauge::new(0i64);
-        let mut e = encoder.encode_descriptor(
-            "cluster_capability",
-            "What the API server, the JobSet CRD and the nodes support (1 yes, 0 no; absent \
-             while unknown): container_restart_rules, restart_all_containers, \
-             jobset_crd_installed, jobset_crd_keeps_rules, nodes_restart_all_containers (every \
-             schedulable node declares RestartAllContainersOnContainerExits; absent without \
-             schedulable nodes)",
-            None,
-            g.metric_type(),
-        )?;
-        let nodes = c.node_summary();
-        let all_nodes = nodes
-            .as_deref()
-            .filter(|n| n.schedulable() > 0)
-            .map(|n| n.declaring() == n.schedulable());
-        for (capability, value) in caps
-            .gauges()
-            .into_iter()
-            .chain([("nodes_restart_all_containers", all_nodes)])
-        {
-            if let Some(v) = value {
-                ConstGauge::new(i64::from(v))
-                    .encode(e.encode_family(&CapabilityLabels { capability })?)?;
-            }
-        }
-        if let Some(n) = &nodes {
-            let mut e = encoder.encode_descriptor(
-                "cluster_nodes",
-                "Nodes: total, schedulable (not cordoned), and declaring (schedulable nodes whose \
-                 status.declaredFeatures lists RestartAllContainersOnContainerExits)",
-                None,
-                g.metric_type(),
-            )?;
-            for (state, count) in [
-                ("total", n.total()),
-                ("schedulable", n.schedulable()),
-                ("declaring", n.declaring()),
-            ] {
-                ConstGauge::new(count as i64).encode(e.encode_family(&NodeLabels { state })?)?;
-            }
-        }
-        let probed_at = c.probed_at.load(Ordering::Relaxed);
-        if probed_at > 0 {
-            let e = encoder.encode_descriptor(
-                "cluster_capability_last_probe_timestamp_seconds",
-                "Unix time of the last finished capability probe round",
-                None,
-                g.metric_type(),
-            )?;
-            ConstGauge::new(probed_at as i64).encode(e)?;
-        }
-        let caches = [c.namespaces.name(), c.jobsets.name(), c.nodes.name()];
-        let mut e = encoder.encode_descriptor(
-            "cluster_cache_objects",
-            "Objects in the watch-backed caches",
-            None,
-            g.metric_type(),
-        )?;
-        for (cache, n) in caches
-            .iter()
-            .zip([c.namespaces.len(), c.jobsets.len(), c.nodes.len()])
-        {
-            ConstGauge::new(n as i64).encode(e.encode_family(&CacheLabels { cache })?)?;
-        }
-        let mut e = encoder.encode_descriptor(
-            "cluster_cache_synced",
-            "1 once the cache has completed its first list",
-            None,
-            g.metric_type(),
-        )?;
-        for (cache, s) in
-            caches
-                .iter()
-                .zip([c.namespaces.synced(), c.jobsets.synced(), c.nodes.synced()])
-        {
-            ConstGauge::new(i64::from(s)).encode(e.encode_family(&CacheLabels { cache })?)?;
-        }
-        let counter = ConstCounter::new(0u64);
-        let mut e = encoder.encode_descriptor(
-            "cluster_watch_errors",
-            "Errors of the caches' watches (each is retried with backoff)",
-            None,
-            counter.metric_type(),
-        )?;
-        for (cache, n) in
-            caches
-                .iter()
-                .zip([c.namespaces.errors(), c.jobsets.errors(), c.nodes.errors()])
-        {
-            ConstCounter::new(n).encode(e.encode_family(&CacheLabels { cache })?)?;
-        }
-        let e = encoder.encode_descriptor(
-            "pod_parent_unknown",
-            "Pod reviews whose parent JobSet was not in the cache (the pod was allowed unchanged)",
-            None,
-            counter.metric_type(),
-        )?;
-        ConstCounter::new(c.parent_misses.load(Ordering::Relaxed)).encode(e)?;
-        Ok(())
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use probe::Finding;
-    use prometheus_client::registry::Registry;
-
-    fn known(v: bool) -> Finding {
-        Finding {
-            value: Some(v),
-            detail: String::new(),
-        }
-    }
-
-    #[test]
-    fn view_reads_the_caches() {
-        let c = Cluster::new();
-        assert_eq!(c.namespace_labels("ml"), None);
-        assert_eq!(c.parent_jobset("ml", "train"), None);
-        c.namespaces.apply(watcher::Event::Apply(()), |()| {
-            Some((
-                String::new(),
-                "ml".to_owned(),
-                Arc::new(Labels::from([("k".into(), "v".into())])),
-            ))
-        });
-        c.jobsets.apply(watcher::Event::Apply(()), |()| {
-            Some((
-                "ml".to_owned(),
-                "train".to_owned(),
-                Arc::new(jobset::CachedParent::default()),
-            ))
-        });
-        assert_eq!(c.namespace_labels("ml").unwrap()["k"], "v");
-        assert_eq!(
-            c.parent_jobset("ml", "train"),
-            Some(ParentJobSet::default())
-        );
-        assert_eq!(c.parent_jobset("other", "train"), None);
-        assert_eq!(c.parent_misses.load(Ordering::Relaxed), 2);
-        assert_eq!(c.facts(), ClusterFacts::default());
-    }
-
-    #[test]
-    fn a_failing_node_watch_does_not_hold_readiness_back() {
-        let c = Arc::new(Cluster::new());
-        c.record_probe(Capabilities::default());
-        let caps = CapabilitiesCheck(c.clone());
-        assert!(caps.check().is_err());
-        c.nodes.record_error("nodes is forbidden".into());
-        let detail: serde_json::Value = serde_json::from_str(&caps.check().unwrap()).unwrap();
-        assert_eq!(detail["nodes"], serde_json::Value::Null);
-        assert_eq!(c.facts().nodes, None);
-    }
-
-    #[test]
-    fn readiness_and_metrics() {
-        let c = Arc::new(Cluster::new());
-        let caches = CachesCheck {
-            cluster: c.clone(),
-            required: true,
-        };
-        let optional = CachesCheck {
-            cluster: c.clone(),
-            required: false,
-        };
-        let caps = CapabilitiesCheck(c.clone());
-        assert!(caches.check().is_err());
-        assert!(optional.check().is_ok());
-        assert!(caps.check().is_err());
-
-        c.namespaces.apply(watcher::Event::<()>::Init, |()| None);
-        c.namespaces
-            .apply(watcher::Event::<()>::InitDone, |()| None);
-        assert!(caches.check().is_err(), "jobsets not synced yet");
-        c.jobsets.apply(watcher::Event::<()>::Init, |()| None);
-        c.jobsets.apply(watcher::Event::<()>::InitDone, |()| None);
-        let detail = caches.check().unwrap();
-        assert!(
-            detail.contains("namespaces synced, 0 objects; jobsets synced"),
-            "{detail}"
-        );
-
-        c.record_probe(Capabilities {
-            server_version: Some("v1.36.2".into()),
-            restart_policy_rules: known(true),
-            restart_all_containers: known(false),
-            jobset_crd_installed: known(true),
-            jobset_crd_keeps_rules: Finding::default(),
-        });
-        let waiting = caps.check().unwrap_err();
-        assert!(waiting.starts_with("listing the nodes"), "{waiting}");
-        let node = |declares| NodeInfo {
-            declares,
-            ..NodeInfo::default()
-        };
-        c.nodes.apply(watcher::Event::<()>::Init, |()| None);
-        for (name, declares) in [("a", true), ("b", true), ("c", false)] {
-            c.nodes.apply(watcher::Event::InitApply(()), |()| {
-                Some((String::new(), name.to_owned(), Arc::new(node(declares))))
-            });
-        }
-        c.nodes.apply(watcher::Event::<()>::InitDone, |()| None);
-        c.summarise_nodes();
-        let detail: serde_json::Value = serde_json::from_str(&caps.check().unwrap()).unwrap();
-        assert_eq!(
-            detail["nodes"],
-            json!({"total": 3, "schedulable": 3, "declaringRestartAllContainers": 2})
-        );
-        assert_eq!(c.facts().nodes.map(|n| n.declaring()), Some(2));
-        assert_eq!(detail["serverVersion"], "v1.36.2");
-        assert_eq!(detail["restartAllContainers"], false);
-        assert_eq!(detail["jobsetCrdKeepsRules"], serde_json::Value::Null);
-        assert_eq!(c.facts().restart_all_containers, Some(false));
-
-        let mut registry = Registry::with_prefix("jobset_restart_webhook");
-        registry.register_collector(Box::new(ClusterMetrics(c.clone())));
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        for line in [
-            "jobset_restart_webhook_cluster_capability{capability=\"container_restart_rules\"} 1",
-            "jobset_restart_webhook_cluster_capability{capability=\"restart_all_containers\"} 0",
-            "jobset_restart_webhook_cluster_capability{capability=\"jobset_crd_installed\"} 1",
-            "jobset_restart_webhook_cluster_cache_objects{cache=\"jobsets\"} 0",
-            "jobset_restart_webhook_cluster_cache_synced{cache=\"namespaces\"} 1",
-            "jobset_restart_webhook_cluster_watch_errors_total{cache=\"jobsets\"} 0",
-            "jobset_restart_webhook_pod_parent_unknown_total 0",
-            "jobset_restart_webhook_cluster_capability{capability=\"nodes_restart_all_containers\"} 0",
-            "jobset_restart_webhook_cluster_nodes{state=\"total\"} 3",
-            "jobset_restart_webhook_cluster_nodes{state=\"schedulable\"} 3",
-            "jobset_restart_webhook_cluster_nodes{state=\"declaring\"} 2",
-            "jobset_restart_webhook_cluster_cache_objects{cache=\"nodes\"} 3",
-        ] {
-            assert!(text.contains(line), "{line} not in\n{text}");
-        }
-        assert!(
-            !text.contains("jobset_crd_keeps_rules\"}"),
-            "unknown is absent\n{text}"
-        );
-        assert!(
-            text.contains(
-                "jobset_restart_webhook_cluster_capability_last_probe_timestamp_seconds "
-            )
-        );
-    }
-
-    #[test]
-    fn offline_check_is_ready() {
-        let detail = OfflineCheck("--no-cluster".into()).check().unwrap();
-        assert!(detail.starts_with("off (--no-cluster)"), "{detail}");
-    }
-}
+mod tests;

@@ -14,6 +14,10 @@
 //! - while a request is handled, the handler's body-read timeout applies instead.
 //!
 //! When a deadline passes the connection is dropped.
+//!
+//! The layer knows nothing of the routes: it serves any `tower` service (axum's `Router`
+//! behind our layers) the way axum's `low-level-rustls` example does, so everything above
+//! (accept, TLS, clock, buffers, linger, drain) stays ours rather than `axum::serve`'s.
 
 use std::convert::Infallible;
 use std::future::{Future, pending, poll_fn};
@@ -24,16 +28,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
-use tracing::{debug, error, warn};
+use tower_service::Service;
+use tracing::{debug, warn};
 
-use super::routes::{self, App, Port};
-use crate::telemetry::CodeLabels;
+use crate::telemetry::{CodeLabels, Metrics};
 
 /// Timeouts and limits for one listener.
 #[derive(Clone, Copy, Debug)]
@@ -52,9 +58,9 @@ const LINGER_BYTES: usize = 16 * 1024 * 1024;
 /// Largest HTTP/1 request head (request line and headers), and hyper's read-buffer bound
 /// (`max_buf_size`, ~400 KiB by default): a longer head is answered 431 and the connection
 /// closed. Without it each connection could hold ~400 KiB of unfinished head until the
-/// header deadline, outside `--max-body-memory` (256 such connections held 114 MiB, 1000
-/// held 411 MiB). Bodies only pass through this buffer, so it does not limit them (the
-/// handler does, see `routes::MAX_BODY`). kube-apiserver's heads are well under 8 KiB.
+/// header deadline, outside `--max-body-memory` (see docs/BENCHMARKS.md). Bodies only pass
+/// through this buffer, so it does not limit them (the handler does, see `MAX_BODY`).
+/// kube-apiserver's heads are well under 8 KiB.
 pub const MAX_HEAD: usize = 64 * 1024;
 
 // ---------------------------------------------------------------------------------------
@@ -222,11 +228,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClockedIo<T> {
 // ---------------------------------------------------------------------------------------
 // Listeners
 
-/// What a listener serves.
+/// What a listener serves: `service` answers each request; `metrics`, when given, counts
+/// the connections (the webhook port's; the admin port's are not counted).
 #[derive(Clone)]
-pub(crate) struct Listener {
-    pub app: Arc<App>,
-    pub port: Port,
+pub(crate) struct Listener<S> {
+    pub service: S,
+    pub metrics: Option<Arc<Metrics>>,
     /// `None` for the plain admin port.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub limits: Limits,
@@ -236,11 +243,43 @@ pub(crate) struct Listener {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// What the connection layer needs of a service: axum's `Router` (behind our layers) is one.
+/// Its `poll_ready` is not called: a `Router` is always ready (axum's own examples call it
+/// the same way). `Unpin`, as hyper's `poll_without_shutdown` needs, without a box: axum's
+/// route future is `Unpin` already.
+pub(crate) trait HttpService:
+    Service<
+        Request<Incoming>,
+        Response = Response<axum::body::Body>,
+        Error = Infallible,
+        Future: Send + Unpin + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + Unpin
+    + 'static
+{
+}
+
+impl<S> HttpService for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<axum::body::Body>,
+            Error = Infallible,
+            Future: Send + Unpin + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + Unpin
+        + 'static
+{
+}
+
 /// Accepts until `stop` becomes `true`, then returns (dropping the listening socket, so new
 /// connections are refused). Open connections keep running in their own tasks.
-pub(crate) async fn accept_loop(
+pub(crate) async fn accept_loop<S: HttpService>(
     listener: TcpListener,
-    l: Listener,
+    l: Listener<S>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -259,8 +298,8 @@ pub(crate) async fn accept_loop(
         };
         let Ok(permit) = l.connections.clone().try_acquire_owned() else {
             // At the cap: close at once rather than let the kernel queue grow unseen.
-            if l.port == Port::Webhook {
-                l.app.metrics.connections_rejected.inc();
+            if let Some(m) = &l.metrics {
+                m.connections_rejected.inc();
             }
             debug!(%peer, "connection limit reached; closing");
             drop(tcp);
@@ -269,32 +308,32 @@ pub(crate) async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let l = l.clone();
         tokio::spawn(async move {
-            let _open = (l.port == Port::Webhook).then(|| OpenConnection::new(&l.app));
+            let _open = l.metrics.as_ref().map(OpenConnection::new);
             connection(tcp, peer, &l, permit).await;
         });
     }
 }
 
-/// Counts an open webhook connection until dropped.
-struct OpenConnection(Arc<App>);
+/// Counts an open connection until dropped.
+struct OpenConnection(Arc<Metrics>);
 
 impl OpenConnection {
-    fn new(app: &Arc<App>) -> Self {
-        app.metrics.connections_open.inc();
-        Self(app.clone())
+    fn new(metrics: &Arc<Metrics>) -> Self {
+        metrics.connections_open.inc();
+        Self(metrics.clone())
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.metrics.connections_open.dec();
+        self.0.connections_open.dec();
     }
 }
 
-async fn connection(
+async fn connection<S: HttpService>(
     tcp: TcpStream,
     peer: std::net::SocketAddr,
-    l: &Listener,
+    l: &Listener<S>,
     _permit: OwnedSemaphorePermit,
 ) {
     let clock = Clock::new(l.limits);
@@ -315,12 +354,16 @@ async fn connection(
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            l.app.metrics.tls_handshake_errors.inc();
+            if let Some(m) = &l.metrics {
+                m.tls_handshake_errors.inc();
+            }
             debug!(%peer, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
-            l.app.metrics.timeout("handshake");
+            if let Some(m) = &l.metrics {
+                m.timeout("handshake");
+            }
             debug!(%peer, "TLS handshake timed out");
             return;
         }
@@ -334,64 +377,41 @@ async fn connection(
     }
 }
 
-type HandlerFuture = Pin<Box<dyn Future<Output = routes::Resp> + Send>>;
-
-/// The service's future: the handler, with a panic turned into a 500 and the connection's
-/// busy mark held until the answer is ready (or the future is dropped).
-pub(crate) struct Guarded {
-    inner: HandlerFuture,
-    app: Arc<App>,
-    _busy: Busy,
-}
-
-impl Future for Guarded {
-    type Output = Result<routes::Resp, Infallible>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.inner.as_mut();
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(Poll::Ready(resp)) => Poll::Ready(Ok(resp)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(panic) => {
-                self.app.metrics.panics.inc();
-                error!(panic = %routes::panic_message(&*panic), "handling a request panicked; answered 500");
-                let mut r = routes::text(
-                    http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error; see the webhook's log\n",
-                );
-                r.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-                Poll::Ready(Ok(r))
-            }
-        }
+pin_project_lite::pin_project! {
+    /// The service's future, with the connection's busy mark held until the answer is ready
+    /// (or the future is dropped).
+    pub(crate) struct Guarded<F> {
+        #[pin]
+        inner: F,
+        _busy: Busy,
     }
 }
 
-fn service(
-    l: &Listener,
+impl<F: Future> Future for Guarded<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}
+
+fn service<S: HttpService>(
+    service: &S,
     clock: &Arc<Clock>,
 ) -> impl hyper::service::Service<
-    http::Request<hyper::body::Incoming>,
-    Response = routes::Resp,
+    Request<Incoming>,
+    Response = Response<axum::body::Body>,
     Error = Infallible,
-    Future = Guarded,
-> + Unpin
-+ Clone
+    Future = Guarded<S::Future>,
+> + Clone
 + Send
++ Unpin
 + 'static {
-    let app = l.app.clone();
-    let port = l.port;
+    let service = service.clone();
     let clock = clock.clone();
-    service_fn(move |req| {
-        let busy = Busy::new(&clock);
-        let handler_app = app.clone();
-        Guarded {
-            inner: Box::pin(async move { routes::handle(&handler_app, port, req).await }),
-            app: app.clone(),
-            _busy: busy,
-        }
+    service_fn(move |req| Guarded {
+        _busy: Busy::new(&clock),
+        inner: service.clone().call(req),
     })
 }
 
@@ -444,20 +464,21 @@ async fn watched<T>(
     }
 }
 
-fn expired(l: &Listener, kind: Expired) {
+fn expired<S>(l: &Listener<S>, kind: Expired) {
     let phase = match kind {
         Expired::Header => "header",
         Expired::Idle => "idle",
     };
-    if l.port == Port::Webhook {
-        l.app.metrics.timeout(phase);
+    if let Some(m) = &l.metrics {
+        m.timeout(phase);
     }
     debug!(phase, "connection deadline passed; closing");
 }
 
-async fn serve_h1<I>(io: I, clock: Arc<Clock>, l: &Listener)
+async fn serve_h1<I, S>(io: I, clock: Arc<Clock>, l: &Listener<S>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: HttpService,
 {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -469,7 +490,7 @@ where
         .max_buf_size(MAX_HEAD)
         .max_header_size(MAX_HEAD)
         .keep_alive(true);
-    let mut conn = builder.serve_connection(TokioIo::new(io), service(l, &clock));
+    let mut conn = builder.serve_connection(TokioIo::new(io), service(&l.service, &clock));
     let mut shutdown = l.shutdown.clone();
     if *shutdown.borrow() {
         Pin::new(&mut conn).graceful_shutdown();
@@ -490,11 +511,11 @@ where
     match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            if e.is_parse_too_large() && l.port == Port::Webhook {
+            if e.is_parse_too_large()
+                && let Some(m) = &l.metrics
+            {
                 // hyper answered 431 itself: the head was longer than MAX_HEAD.
-                l.app
-                    .metrics
-                    .bad_requests
+                m.bad_requests
                     .get_or_create(&CodeLabels { code: 431 })
                     .inc();
             }
@@ -507,9 +528,10 @@ where
     linger(io).await;
 }
 
-async fn serve_h2<I>(io: I, clock: Arc<Clock>, l: &Listener)
+async fn serve_h2<I, S>(io: I, clock: Arc<Clock>, l: &Listener<S>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: HttpService,
 {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
@@ -517,7 +539,7 @@ where
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(20))
         .max_concurrent_streams(Some(100));
-    let conn = builder.serve_connection(TokioIo::new(io), service(l, &clock));
+    let conn = builder.serve_connection(TokioIo::new(io), service(&l.service, &clock));
     let mut conn = std::pin::pin!(conn);
     let mut shutdown = l.shutdown.clone();
     if *shutdown.borrow() {

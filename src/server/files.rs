@@ -8,8 +8,20 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-/// What one poll read: each file's bytes, or the read error's text.
-pub(crate) type Snapshot = Vec<Result<Vec<u8>, String>>;
+/// What one poll read: each file's bytes, or why it could not be read.
+pub(crate) type Snapshot = Vec<Result<Vec<u8>, FileError>>;
+
+/// A file the reload loops could not read. The I/O error is kept as text: snapshots are
+/// compared with the previous one and cloned, and `io::Error` is neither.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum FileError {
+    #[error("reading {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("internal: empty snapshot")]
+    EmptySnapshot,
+    #[error("internal: missing snapshot entries")]
+    MissingEntries,
+}
 
 pub(crate) struct FileWatch {
     paths: Vec<PathBuf>,
@@ -30,11 +42,10 @@ impl FileWatch {
     pub(crate) async fn poll(&mut self) -> Option<Snapshot> {
         let mut now = Vec::with_capacity(self.paths.len());
         for p in &self.paths {
-            now.push(
-                tokio::fs::read(p)
-                    .await
-                    .map_err(|e| format!("reading {}: {e}", p.display())),
-            );
+            now.push(tokio::fs::read(p).await.map_err(|e| FileError::Read {
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            }));
         }
         if self.last.as_ref() == Some(&now) {
             return None;
@@ -70,9 +81,9 @@ pub(crate) async fn poll_loop(
 }
 
 /// The bytes of a one-file snapshot, or the read error.
-pub(crate) fn only_file(snapshot: Snapshot) -> Result<Vec<u8>, String> {
+pub(crate) fn only_file(snapshot: Snapshot) -> Result<Vec<u8>, FileError> {
     snapshot
         .into_iter()
         .next()
-        .unwrap_or_else(|| Err("internal: empty snapshot".to_owned()))
+        .unwrap_or(Err(FileError::EmptySnapshot))
 }

@@ -1,8 +1,10 @@
 //! `serve`: the HTTPS admission server and its plain-HTTP admin port.
 //!
-//! Built on tokio-rustls + hyper directly (kubert's shape) rather than axum + axum-server:
-//! the routes are five fixed paths, so a router buys little, while the connection layer is
-//! where the product's guarantees live and axum-server hides it. Owning it gives:
+//! Routing is axum's [`Router`](axum::Router) (four paths over six port/path pairs:
+//! `/mutate`, `/healthz` and `/readyz` on the webhook port; `/metrics`, `/healthz` and
+//! `/readyz` on the admin port), served by our own connection layer on tokio-rustls + hyper
+//! rather than `axum::serve` or axum-server, which would own the accept loop. The connection
+//! layer is where the product's guarantees live:
 //! - a per-handshake certificate resolver ([`tls::CertResolver`], an `ArcSwap`) so rotated
 //!   files apply to new handshakes without dropping connections;
 //! - HTTP/1.1 or h2 chosen by the negotiated ALPN (h2 offered only with `--http2`);
@@ -11,8 +13,12 @@
 //! - a connection cap, `TCP_NODELAY`, a lingering close after refusing a body, and a drain
 //!   that finishes in-flight requests and closes keep-alive connections.
 //!
-//! Data flow: bytes in → [`routes`] (HTTP hygiene) → `admission::review` (synchronous,
-//! microseconds) → bytes out. Nothing here knows the AdmissionReview format.
+//! Data flow: bytes in → [`conn`] → [`routes`] → `mutate` (HTTP hygiene) →
+//! `admission::review` (synchronous, microseconds) → bytes out. Nothing here knows the
+//! AdmissionReview format.
+//!
+//! The files (config, serving pair, client CA) are read and checked by [`prepare`], before
+//! the composition root (`cli::serve`) starts anything else.
 //!
 //! Shutdown (SIGTERM or SIGINT): `/readyz` fails at once on both ports; after
 //! `--drain-delay` (default 0: use it, or a preStop sleep, so endpoints update before the
@@ -20,9 +26,11 @@
 //! current request and closes, and the process waits up to `--shutdown-grace-period` for
 //! them, then exits 0. A second signal exits at once with status 1.
 
-mod config;
+mod config_store;
 mod conn;
 mod files;
+mod layers;
+mod mutate;
 mod ready;
 mod routes;
 mod tls;
@@ -30,28 +38,29 @@ mod tls;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::admission::{ClusterView, Offline};
+use crate::cli::args::{parse_bytes, parse_duration, parse_period, parse_targets};
 use crate::engine::Targets;
-use crate::telemetry::{self, LogFormat, Metrics};
+use crate::telemetry::{LogFormat, Metrics};
 
 pub use conn::MAX_HEAD;
+pub use mutate::MAX_BODY;
 pub use ready::ReadinessCheck;
-pub use routes::MAX_BODY;
 
 /// Connections the admin port serves at once (probes and scrapes need few).
 const ADMIN_MAX_CONNECTIONS: usize = 64;
 
+/// `serve`'s flags for the two ports, the files they serve from and their limits.
 #[derive(clap::Args, Debug, Clone)]
-pub struct ServeArgs {
+pub struct ServerArgs {
     /// Address of the HTTPS webhook port (port 0 picks a free port; the log says which).
     #[arg(long, env = "JRW_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
@@ -118,66 +127,6 @@ pub struct ServeArgs {
     /// server's 90 s, so the client closes first).
     #[arg(long, env = "JRW_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    #[command(flatten)]
-    pub cluster: crate::cluster::ClusterArgs,
-}
-
-fn parse_targets(s: &str) -> Result<Targets, String> {
-    Targets::parse(s.split(','))
-}
-
-/// `500ms`, `5s`, `2m`, `1h`, or a number of seconds (`30`, `1.5`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration; write e.g. 500ms, 5s, 2m or 1h"))?;
-    let scale = match unit.trim() {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        other => {
-            return Err(format!(
-                "{other:?} is not a duration unit; use ms, s, m or h"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{s:?}: {e}"))
-}
-
-/// A [`parse_duration`] that is more than zero: the period of a timer (tokio's interval
-/// panics on zero).
-pub fn parse_period(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d.is_zero() {
-        return Err("a period must be more than 0, e.g. 500ms or 2s".to_owned());
-    }
-    Ok(d)
-}
-
-/// `32Mi`, `1Gi`, `512Ki`, or a number of bytes.
-pub fn parse_bytes(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let value: usize = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size; write e.g. 32Mi, 1Gi or 4194304"))?;
-    let scale: usize = match unit {
-        "" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        other => return Err(format!("{other:?} is not a size unit; use Ki, Mi or Gi")),
-    };
-    value
-        .checked_mul(scale)
-        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// What the rest of the program plugs into the server.
@@ -200,90 +149,39 @@ impl Default for ServerOptions {
     }
 }
 
-/// The `serve` subcommand: logging, crypto provider, runtime, signals, then [`serve`].
-pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    telemetry::init_logging(args.log_format);
-    // Process-wide default; `Err` only means one is installed already.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    install_panic_hook();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let result = runtime.block_on(async {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let mut signals = Signals::new().context("installing signal handlers")?;
-        tokio::spawn(async move {
-            let first = signals.recv().await;
-            info!(signal = first, "shutdown signal received");
-            let _ = tx.send(());
-            let second = signals.recv().await;
-            error!(
-                signal = second,
-                "second shutdown signal: exiting without waiting"
-            );
-            std::process::exit(1);
-        });
-        let options = crate::cluster::serve_options(&args).await;
-        serve(args, options, async move {
-            let _ = rx.await;
-        })
-        .await
-    });
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    result.map(|()| ExitCode::SUCCESS)
+/// The files the server runs from, read and checked: the cluster config, the serving pair
+/// (or a generated development pair) and the client CA bundle. [`prepare`] builds it before
+/// anything starts, so a bad file stops `serve` before any watch or probe runs.
+pub struct Prepared {
+    store: Arc<config_store::ConfigStore>,
+    config_snapshot: Option<files::Snapshot>,
+    cert: tls::Loaded,
+    /// `(cert path, key path, what was read)` when the pair comes from files.
+    cert_files: Option<(PathBuf, PathBuf, files::Snapshot)>,
+    resolver: Arc<tls::CertResolver>,
+    client_auth: Option<Arc<tls::ClientAuth>>,
+    tls_config: Arc<rustls::ServerConfig>,
 }
 
-fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        error!(panic = %info, "panic");
-    }));
-}
-
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> std::io::Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-        }
+impl Prepared {
+    /// The targets the server starts with: `--targets`, else the config file's, else the
+    /// default.
+    pub fn targets(&self) -> Targets {
+        self.store.load_current().targets
     }
 }
 
-/// Runs the server until `shutdown` resolves, then drains (see the module comment).
-/// Credentials and the config are loaded and checked before anything binds.
-pub async fn serve(
-    args: ServeArgs,
-    options: ServerOptions,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    // 1. Everything that can be wrong in the arguments or a file, before binding. (The CLI
-    // refuses a zero period already; this is for callers that build `ServeArgs` themselves.)
+/// Reads and checks everything in the arguments and their files, binding nothing.
+pub fn prepare(args: &ServerArgs) -> anyhow::Result<Prepared> {
+    // The CLI refuses a zero period already; this is for callers that build `ServerArgs`
+    // themselves.
     if args.reload_interval.is_zero() {
         bail!("--reload-interval must be more than 0 (e.g. 2s)");
     }
-    let (store, config_snapshot) = config::ConfigStore::load(args.config.as_deref(), args.targets)?;
-    let store = Arc::new(store);
-    let mut metrics = Metrics::new();
-    for c in options.collectors {
-        metrics.register_collector(c);
-    }
-    let metrics = Arc::new(metrics);
-    config::record_initial(&metrics);
+    let (store, config_snapshot) =
+        config_store::ConfigStore::load(args.config.as_deref(), args.targets)?;
 
-    let (loaded, cert_files) = match (&args.tls_cert, &args.tls_key) {
+    let (cert, cert_files) = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let (loaded, snapshot) = tls::load_files(cert, key)?;
             tls::check_validity(&loaded, &cert.display().to_string());
@@ -311,12 +209,56 @@ pub async fn serve(
         }
         _ => bail!("--tls-cert and --tls-key go together: give both or neither"),
     };
-    metrics.cert_not_after.set(loaded.not_after);
-    let resolver = Arc::new(tls::CertResolver::new(loaded.key.clone()));
+    let resolver = Arc::new(tls::CertResolver::new(cert.key.clone()));
     let client_auth = tls::ClientAuth::load(args.client_ca.as_deref())?;
     let tls_config = tls::server_config(resolver.clone(), args.http2, client_auth.as_ref())?;
+    Ok(Prepared {
+        store: Arc::new(store),
+        config_snapshot,
+        cert,
+        cert_files,
+        resolver,
+        client_auth,
+        tls_config,
+    })
+}
 
-    // 2. Bind.
+/// [`prepare`], then [`serve_prepared`]: for callers that start nothing in between.
+pub async fn serve(
+    args: ServerArgs,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let prepared = prepare(&args)?;
+    serve_prepared(args, prepared, options, shutdown).await
+}
+
+/// Binds both ports and serves until `shutdown` resolves, then drains (see the module
+/// comment).
+pub async fn serve_prepared(
+    args: ServerArgs,
+    prepared: Prepared,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Prepared {
+        store,
+        config_snapshot,
+        cert: loaded,
+        cert_files,
+        resolver,
+        client_auth,
+        tls_config,
+    } = prepared;
+    let mut metrics = Metrics::new();
+    for c in options.collectors {
+        metrics.register_collector(c);
+    }
+    let metrics = Arc::new(metrics);
+    config_store::record_initial(&metrics);
+    metrics.cert_not_after.set(loaded.not_after);
+
+    // 1. Bind.
     let tls_listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;
@@ -330,7 +272,7 @@ pub async fn serve(
         .local_addr()
         .context("reading the admin port's address")?;
 
-    // 3. Serve.
+    // 2. Serve.
     let readiness = Arc::new(ready::Readiness::new(
         tls::SelfCheck::new(tls_addr)?.expecting_client_auth(client_auth.is_some())?,
         store.clone(),
@@ -341,7 +283,6 @@ pub async fn serve(
         cluster: options.cluster,
         metrics: metrics.clone(),
         readiness: readiness.clone(),
-        max_body: MAX_BODY,
         body_timeout: args.body_read_timeout,
         body_budget: Semaphore::new(args.max_body_memory.clamp(MAX_BODY, Semaphore::MAX_PERMITS)),
     });
@@ -356,16 +297,16 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let webhook_connections = Arc::new(Semaphore::new(args.max_connections as usize));
     let webhook = conn::Listener {
-        app: app.clone(),
-        port: routes::Port::Webhook,
+        service: routes::webhook(&app),
+        metrics: Some(metrics.clone()),
         tls: Some(tokio_rustls::TlsAcceptor::from(tls_config)),
         limits,
         connections: webhook_connections.clone(),
         shutdown: drain_rx.clone(),
     };
     let admin = conn::Listener {
-        app: app.clone(),
-        port: routes::Port::Admin,
+        service: routes::admin(&app),
+        metrics: None,
         tls: None,
         limits,
         connections: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
@@ -374,7 +315,7 @@ pub async fn serve(
     let webhook_accept = tokio::spawn(conn::accept_loop(tls_listener, webhook, drain_rx));
     let admin_accept = tokio::spawn(conn::accept_loop(admin_listener, admin, stop_rx.clone()));
     if let Some(snapshot) = config_snapshot {
-        tokio::spawn(config::reload_loop(
+        tokio::spawn(config_store::reload_loop(
             store.clone(),
             snapshot,
             metrics.clone(),
@@ -409,7 +350,7 @@ pub async fn serve(
         "listening"
     );
 
-    // 4. Drain.
+    // 3. Drain.
     shutdown.await;
     readiness.start_draining();
     info!(drain_delay = ?args.drain_delay, "draining: /readyz fails and answers close their connections");
@@ -441,31 +382,7 @@ pub async fn serve(
 mod tests {
     use super::*;
 
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("-1s").is_err());
-    }
-
-    #[test]
-    fn periods() {
-        assert_eq!(parse_period("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_period("1ms"), Ok(Duration::from_millis(1)));
-        for zero in ["0", "0s", "0ms", "0.0h", "0.0000000001s"] {
-            let e = parse_period(zero).unwrap_err();
-            assert!(e.contains("more than 0"), "{zero}: {e}");
-        }
-        assert!(parse_period("5 parsecs").is_err());
-    }
-
-    /// `serve` itself refuses a zero period (for callers that build `ServeArgs` without the
+    /// `serve` itself refuses a zero period (for callers that build `ServerArgs` without the
     /// CLI's parser), before binding anything.
     #[test]
     fn serve_refuses_a_zero_reload_interval() {
@@ -473,9 +390,9 @@ mod tests {
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
-            serve: ServeArgs,
+            serve: ServerArgs,
         }
-        let mut args = Cli::parse_from(["serve", "--no-cluster"]).serve;
+        let mut args = Cli::parse_from(["serve"]).serve;
         args.reload_interval = Duration::ZERO;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -485,16 +402,5 @@ mod tests {
             .block_on(serve(args, ServerOptions::default(), async {}))
             .unwrap_err();
         assert!(e.to_string().contains("--reload-interval"), "{e}");
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_bytes("32Mi"), Ok(32 << 20));
-        assert_eq!(parse_bytes("1Gi"), Ok(1 << 30));
-        assert_eq!(parse_bytes("512Ki"), Ok(512 << 10));
-        assert_eq!(parse_bytes("4194304"), Ok(4_194_304));
-        assert!(parse_bytes("32MB").is_err());
-        assert!(parse_bytes("Mi").is_err());
-        assert!(parse_bytes("99999999999999999999Gi").is_err());
     }
 }

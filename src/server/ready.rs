@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::config::ConfigStore;
+use super::config_store::ConfigStore;
 use super::tls::SelfCheck;
 
 /// An extra readiness condition. `check` must be cheap (read a flag or a cached fact): it
@@ -14,8 +14,9 @@ use super::tls::SelfCheck;
 pub trait ReadinessCheck: Send + Sync {
     /// Short name shown in the `/readyz` body, e.g. `caches`.
     fn name(&self) -> &str;
-    /// `Ok(detail)` when ready (the detail is shown, may be empty); `Err(reason)` otherwise.
-    fn check(&self) -> Result<String, String>;
+    /// `Ok(detail)` when ready (the detail is shown, may be empty); `Err(reason)` otherwise
+    /// (its text is shown), in the error type of the module that implements the check.
+    fn check(&self) -> Result<String, Box<dyn std::error::Error + Send + Sync>>;
 }
 
 pub(crate) struct Readiness {
@@ -63,7 +64,7 @@ impl Readiness {
             line(true, "shutdown", "serving");
             match self.tls.check().await {
                 Ok(detail) => line(true, "tls", &detail),
-                Err(e) => line(false, "tls", &e),
+                Err(e) => line(false, "tls", &e.to_string()),
             }
         }
         let cfg = self.config.load_current();
@@ -79,7 +80,7 @@ impl Readiness {
         for check in &self.extra {
             match check.check() {
                 Ok(detail) => line(true, check.name(), &detail),
-                Err(reason) => line(false, check.name(), &reason),
+                Err(reason) => line(false, check.name(), &reason.to_string()),
             }
         }
         body.push_str(if ready {

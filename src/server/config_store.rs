@@ -11,9 +11,24 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use super::files::{Snapshot, only_file, poll_loop};
-use crate::engine::{Config, Targets};
+use super::files::{FileError, Snapshot, only_file, poll_loop};
+use crate::engine::{Config, ConfigError, Targets};
 use crate::telemetry::{Metrics, ResultLabels};
+
+/// Why a config file cannot be used. The texts name the file.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LoadError {
+    #[error("{file}: not UTF-8 text: {source}")]
+    NotUtf8 {
+        file: String,
+        source: std::str::Utf8Error,
+    },
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    /// The reload loop could not read the file.
+    #[error(transparent)]
+    File(#[from] FileError),
+}
 
 pub(crate) struct ConfigStore {
     current: ArcSwap<Config>,
@@ -60,7 +75,7 @@ impl ConfigStore {
         self.path.as_deref()
     }
 
-    fn apply(&self, bytes: &[u8], path: &Path) -> Result<(), String> {
+    fn apply(&self, bytes: &[u8], path: &Path) -> Result<(), LoadError> {
         let mut config = parse(bytes, path)?;
         if let Some(t) = self.targets_override {
             config.targets = t;
@@ -70,10 +85,13 @@ impl ConfigStore {
     }
 }
 
-fn parse(bytes: &[u8], path: &Path) -> Result<Config, String> {
+fn parse(bytes: &[u8], path: &Path) -> Result<Config, LoadError> {
     let name = path.display().to_string();
-    let text = std::str::from_utf8(bytes).map_err(|e| format!("{name}: not UTF-8 text: {e}"))?;
-    Config::from_yaml(text, &name).map_err(|e| e.to_string())
+    let text = std::str::from_utf8(bytes).map_err(|source| LoadError::NotUtf8 {
+        file: name.clone(),
+        source,
+    })?;
+    Ok(Config::from_yaml(text, &name)?)
 }
 
 /// Marks the start-up load in the metrics.
@@ -101,7 +119,10 @@ pub(crate) async fn reload_loop(
         return;
     };
     poll_loop(vec![path.clone()], initial, interval, shutdown, |snapshot| {
-        match only_file(snapshot).and_then(|bytes| store.apply(&bytes, &path)) {
+        let applied = only_file(snapshot)
+            .map_err(LoadError::from)
+            .and_then(|bytes| store.apply(&bytes, &path));
+        match applied {
             Ok(()) => {
                 metrics
                     .config_reloads

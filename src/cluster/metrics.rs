@@ -1,0 +1,138 @@
+//! Scrape-time metrics of the caches and the capabilities.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use super::Cluster;
+
+/// Scrape-time metrics of the caches and capabilities (read from the live state, so they
+/// cannot drift from it). Names get the registry's `jobset_restart_webhook_` prefix.
+#[derive(Debug)]
+pub struct ClusterMetrics(pub Arc<Cluster>);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CapabilityLabels {
+    capability: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    cache: &'static str,
+}
+
+impl Collector for ClusterMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = &self.0;
+        let caps = c.capabilities();
+        let g = ConstGauge::new(0i64);
+        let mut e = encoder.encode_descriptor(
+            "cluster_capability",
+            "What the API server, the JobSet CRD and the nodes support (1 yes, 0 no; absent \
+             while unknown): container_restart_rules, restart_all_containers, \
+             jobset_crd_installed, jobset_crd_keeps_rules, nodes_restart_all_containers (every \
+             schedulable node declares RestartAllContainersOnContainerExits; absent without \
+             schedulable nodes)",
+            None,
+            g.metric_type(),
+        )?;
+        let nodes = c.node_summary();
+        let all_nodes = nodes
+            .as_deref()
+            .filter(|n| n.schedulable() > 0)
+            .map(|n| n.declaring() == n.schedulable());
+        for (capability, value) in caps
+            .gauges()
+            .into_iter()
+            .chain([("nodes_restart_all_containers", all_nodes)])
+        {
+            if let Some(v) = value {
+                ConstGauge::new(i64::from(v))
+                    .encode(e.encode_family(&CapabilityLabels { capability })?)?;
+            }
+        }
+        if let Some(n) = &nodes {
+            let mut e = encoder.encode_descriptor(
+                "cluster_nodes",
+                "Nodes: total, schedulable (not cordoned), and declaring (schedulable nodes whose \
+                 status.declaredFeatures lists RestartAllContainersOnContainerExits)",
+                None,
+                g.metric_type(),
+            )?;
+            for (state, count) in [
+                ("total", n.total()),
+                ("schedulable", n.schedulable()),
+                ("declaring", n.declaring()),
+            ] {
+                ConstGauge::new(count as i64).encode(e.encode_family(&NodeLabels { state })?)?;
+            }
+        }
+        let probed_at = c.probed_at.load(Ordering::Relaxed);
+        if probed_at > 0 {
+            let e = encoder.encode_descriptor(
+                "cluster_capability_last_probe_timestamp_seconds",
+                "Unix time of the last finished capability probe round",
+                None,
+                g.metric_type(),
+            )?;
+            ConstGauge::new(probed_at as i64).encode(e)?;
+        }
+        let caches = [c.namespaces.name(), c.jobsets.name(), c.nodes.name()];
+        let mut e = encoder.encode_descriptor(
+            "cluster_cache_objects",
+            "Objects in the watch-backed caches",
+            None,
+            g.metric_type(),
+        )?;
+        for (cache, n) in caches
+            .iter()
+            .zip([c.namespaces.len(), c.jobsets.len(), c.nodes.len()])
+        {
+            ConstGauge::new(n as i64).encode(e.encode_family(&CacheLabels { cache })?)?;
+        }
+        let mut e = encoder.encode_descriptor(
+            "cluster_cache_synced",
+            "1 once the cache has completed its first list",
+            None,
+            g.metric_type(),
+        )?;
+        for (cache, s) in
+            caches
+                .iter()
+                .zip([c.namespaces.synced(), c.jobsets.synced(), c.nodes.synced()])
+        {
+            ConstGauge::new(i64::from(s)).encode(e.encode_family(&CacheLabels { cache })?)?;
+        }
+        let counter = ConstCounter::new(0u64);
+        let mut e = encoder.encode_descriptor(
+            "cluster_watch_errors",
+            "Errors of the caches' watches (each is retried with backoff)",
+            None,
+            counter.metric_type(),
+        )?;
+        for (cache, n) in
+            caches
+                .iter()
+                .zip([c.namespaces.errors(), c.jobsets.errors(), c.nodes.errors()])
+        {
+            ConstCounter::new(n).encode(e.encode_family(&CacheLabels { cache })?)?;
+        }
+        let e = encoder.encode_descriptor(
+            "pod_parent_unknown",
+            "Pod reviews whose parent JobSet was not in the cache (the pod was allowed unchanged)",
+            None,
+            counter.metric_type(),
+        )?;
+        ConstCounter::new(c.parent_misses.load(Ordering::Relaxed)).encode(e)?;
+        Ok(())
+    }
+}

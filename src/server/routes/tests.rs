@@ -1,0 +1,181 @@
+use std::collections::BTreeMap;
+
+use http_body_util::{BodyExt as _, Full};
+use tower_service::Service as _;
+
+use super::*;
+use crate::admission;
+use crate::engine::{ClusterFacts, ParentJobSet};
+use crate::server::MAX_BODY;
+
+/// A cluster view whose every answer panics: stands in for a bug on the request path.
+struct Exploding;
+
+impl ClusterView for Exploding {
+    fn namespace_labels(&self, _: &str) -> Option<Arc<BTreeMap<String, String>>> {
+        panic!("namespace cache exploded")
+    }
+    fn parent_jobset(&self, _: &str, _: &str) -> Option<ParentJobSet> {
+        panic!("jobset cache exploded")
+    }
+    fn facts(&self) -> ClusterFacts {
+        panic!("facts exploded")
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Port {
+    Webhook,
+    Admin,
+}
+
+/// One request through the port's service, as the connection layer makes it.
+async fn handle(app: &Arc<App>, port: Port, req: http::Request<Full<Bytes>>) -> Response {
+    let answer = match port {
+        Port::Webhook => webhook(app).call(req).await,
+        Port::Admin => admin(app).call(req).await,
+    };
+    match answer {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
+
+fn app(cluster: Arc<dyn ClusterView>) -> App {
+    let (store, _) = ConfigStore::load(None, None).expect("config");
+    let store = Arc::new(store);
+    let addr = "127.0.0.1:9".parse().expect("addr");
+    let readiness = Readiness::new(
+        super::super::tls::SelfCheck::new(addr).expect("self check"),
+        store.clone(),
+        Vec::new(),
+    );
+    App {
+        config: store,
+        cluster,
+        metrics: Arc::new(Metrics::new()),
+        readiness: Arc::new(readiness),
+        body_timeout: Duration::from_secs(1),
+        body_budget: Semaphore::new(MAX_BODY),
+    }
+}
+
+fn post(body: &str) -> http::Request<Full<Bytes>> {
+    http::Request::post("/mutate")
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("request")
+}
+
+const JOBSET_REVIEW: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview",
+    "request":{"uid":"u1","kind":{"group":"jobset.x-k8s.io","version":"v1alpha2","kind":"JobSet"},
+    "operation":"CREATE","namespace":"ml","name":"js",
+    "object":{"metadata":{"name":"js","annotations":{"restart.jobset.dev/in-place":"enabled"}},
+    "spec":{"replicatedJobs":[]}}}}"#;
+
+#[tokio::test]
+async fn a_panicking_review_is_answered_500_and_counted() {
+    let app = Arc::new(app(Arc::new(Exploding)));
+    let resp = handle(&app, Port::Webhook, post(JOBSET_REVIEW)).await;
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(app.metrics.panics.get(), 1);
+    assert_eq!(app.metrics.in_flight.get(), 0);
+    // And the next request is served normally.
+    let app = Arc::into_inner(app).expect("the services are gone");
+    let app2 = Arc::new(App {
+        cluster: Arc::new(admission::Offline),
+        ..app
+    });
+    let resp = handle(&app2, Port::Webhook, post(JOBSET_REVIEW)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+/// The panic layer is the only catch; the review's request is still counted as answered 500.
+#[tokio::test]
+async fn a_panicking_review_counts_as_a_500_request() {
+    let app = Arc::new(app(Arc::new(Exploding)));
+    let resp = handle(&app, Port::Webhook, post(JOBSET_REVIEW)).await;
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let text = app.metrics.encode().expect("metrics");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("jobset_restart_webhook_requests_total{")
+                && l.contains("code=\"500\"")
+                && l.ends_with(" 1")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn routes_and_methods() {
+    let app = Arc::new(app(Arc::new(admission::Offline)));
+    let get = |path: &str| {
+        http::Request::get(path)
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+    let status = |r: Response| r.status().as_u16();
+    assert_eq!(
+        status(handle(&app, Port::Webhook, get("/healthz")).await),
+        200
+    );
+    assert_eq!(
+        status(handle(&app, Port::Webhook, get("/metrics")).await),
+        404
+    );
+    assert_eq!(
+        status(handle(&app, Port::Admin, get("/metrics")).await),
+        200
+    );
+    assert_eq!(status(handle(&app, Port::Admin, get("/mutate")).await), 404);
+    assert_eq!(
+        status(handle(&app, Port::Webhook, get("/mutate")).await),
+        405
+    );
+    let post_health = http::Request::post("/healthz")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    assert_eq!(status(handle(&app, Port::Admin, post_health).await), 405);
+    // Nothing listens on the self-check address: not ready, and the body says why.
+    let r = handle(&app, Port::Admin, get("/readyz")).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = r.into_body().collect().await.expect("body").to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("[-]tls failed") && body.contains("[+]config ok"),
+        "{body}"
+    );
+}
+
+/// The answers axum would shape differently keep ours: the 405 and 404 texts, our `Allow`,
+/// HEAD answered like GET without a body.
+#[tokio::test]
+async fn not_found_and_not_allowed_keep_their_texts() {
+    let app = Arc::new(app(Arc::new(admission::Offline)));
+    let request = |method: &str, path: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+    let body = |r: Response| async move {
+        let b = r.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8_lossy(&b).into_owned()
+    };
+    let r = handle(&app, Port::Webhook, request("PUT", "/readyz")).await;
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers()[ALLOW], "GET, HEAD");
+    assert_eq!(body(r).await, "method not allowed; use GET, HEAD\n");
+    let r = handle(&app, Port::Webhook, request("GET", "/mutate")).await;
+    assert_eq!(r.headers()[ALLOW], "POST");
+    assert_eq!(body(r).await, "method not allowed; use POST\n");
+    let r = handle(&app, Port::Webhook, request("GET", "/healthz/")).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.headers()[CONTENT_TYPE], TEXT);
+    assert_eq!(body(r).await, "no route for /healthz/\n");
+    let r = handle(&app, Port::Admin, request("HEAD", "/healthz")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()[http::header::CONTENT_LENGTH], "3");
+    assert_eq!(body(r).await, "");
+}

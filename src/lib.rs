@@ -7,10 +7,10 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod admission_policy;
 pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod engine;
-pub mod policy;
 pub mod server;
 pub mod telemetry;

@@ -1,19 +1,18 @@
-//! AdmissionReview v1 in and out: decode the review, dispatch by kind and operation to the
-//! engine, encode the answer (base64 `patch`, warnings, audit annotations, denials).
+//! AdmissionReview v1 in and out, in three steps: [`decode`] the review (borrowed),
+//! [`decide`] by kind and operation with the engine, encode the typed [`Response`] (base64
+//! `patch`, warnings, audit annotations, denials). The `mutate` preview calls the same steps.
 //! No HTTP and no TLS here: the server hands in bytes and sends back bytes.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::Arc;
 
-use base64::Engine as _;
-use serde::Deserialize;
+use base64::display::Base64Display;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
 
 use crate::engine::{
-    self, ClusterFacts, Config, Denial, DenialReason, Environment, Mutation, ParentJobSet,
+    self, ClusterFacts, Config, Denial, DenialReason, Environment, Mutation, ParentJobSet, Patch,
 };
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -104,6 +103,10 @@ pub struct Answer {
     pub record: Record,
 }
 
+// The input is borrowed, not kube's `AdmissionReview<DynamicObject>`: that type builds a full
+// `Value` tree of `object`, `oldObject`, `userInfo` and `options`, while the engine reads only
+// the few fields it needs from the raw `object` and skips the rest. That is why large reviews
+// cost the server 1.7-3.4x less CPU than a full parse; see docs/BENCHMARKS.md.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ReviewIn<'a> {
@@ -115,40 +118,73 @@ struct ReviewIn<'a> {
     request: Option<RequestIn<'a>>,
 }
 
+/// The `request` of an AdmissionReview, borrowed from the body: `object` and `oldObject`
+/// stay raw JSON for the engine.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RequestIn<'a> {
+pub struct RequestIn<'a> {
     #[serde(borrow)]
-    uid: Cow<'a, str>,
-    kind: Gvk<'a>,
+    pub uid: Cow<'a, str>,
+    pub kind: Gvk<'a>,
     #[serde(borrow)]
-    operation: Cow<'a, str>,
+    pub operation: Cow<'a, str>,
     #[serde(borrow, default)]
-    namespace: Option<Cow<'a, str>>,
+    pub namespace: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
+    pub name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    object: Option<&'a RawValue>,
+    pub object: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    old_object: Option<&'a RawValue>,
+    pub old_object: Option<&'a RawValue>,
     #[serde(default)]
-    dry_run: Option<bool>,
+    pub dry_run: Option<bool>,
 }
 
+/// The group and kind of the reviewed object (the version does not matter here).
 #[derive(Deserialize)]
-struct Gvk<'a> {
+pub struct Gvk<'a> {
     #[serde(borrow, default)]
-    group: Cow<'a, str>,
+    pub group: Cow<'a, str>,
     #[serde(borrow, default)]
-    kind: Cow<'a, str>,
+    pub kind: Cow<'a, str>,
 }
 
-/// Answers one review body.
+/// The API group of the JobSets the webhook mutates.
+pub const JOBSET_GROUP: &str = "jobset.x-k8s.io";
+
+impl<'a> RequestIn<'a> {
+    /// A CREATE of `object` (a JobSet with [`JOBSET_GROUP`], a Pod with group `""`) in
+    /// `namespace`, as if the API server had sent it.
+    pub fn create(group: &'a str, kind: &'a str, namespace: &'a str, object: &'a RawValue) -> Self {
+        Self {
+            uid: Cow::Borrowed(""),
+            kind: Gvk {
+                group: Cow::Borrowed(group),
+                kind: Cow::Borrowed(kind),
+            },
+            operation: Cow::Borrowed("CREATE"),
+            namespace: Some(Cow::Borrowed(namespace)),
+            name: None,
+            object: Some(object),
+            old_object: None,
+            dry_run: None,
+        }
+    }
+}
+
+/// Answers one review body: [`decode`], [`decide`], encode.
 pub fn review(
     body: &[u8],
     config: &Config,
     cluster: &dyn ClusterView,
 ) -> Result<Answer, BadReview> {
+    let req = decode(body)?;
+    let decision = decide(&req, config, cluster);
+    Ok(encode(req, decision))
+}
+
+/// The `request` of a review body, or why the body is not a review.
+pub fn decode(body: &[u8]) -> Result<RequestIn<'_>, BadReview> {
     let text =
         std::str::from_utf8(body).map_err(|e| BadReview::NotJson(format!("not UTF-8: {e}")))?;
     let review: ReviewIn<'_> = serde_json::from_str(text).map_err(|e| {
@@ -165,53 +201,21 @@ pub fn review(
             "apiVersion {api_version:?} and kind {kind:?}; expected {API_VERSION:?} and {KIND:?}"
         ))));
     }
-    let req = review.request.ok_or(BadReview::NoRequest)?;
-    let namespace = req.namespace.as_deref().unwrap_or_default();
-
-    let result = dispatch(&req, namespace, config, cluster);
-    let (response, outcome, patch_ops, warnings, parent_unknown) = match result {
-        Ok(m) => {
-            let ops = m.patch.len();
-            let n_warn = m.warnings.len();
-            let unknown = m.parent_unknown;
-            let outcome = if ops > 0 {
-                Outcome::Patched
-            } else {
-                Outcome::Allowed
-            };
-            (allowed(&req.uid, m), outcome, ops, n_warn, unknown)
-        }
-        Err(d) => (denied(&req.uid, &d), Outcome::Denied, 0, 0, false),
-    };
-    let answer = json!({ "apiVersion": API_VERSION, "kind": KIND, "response": response });
-    Ok(Answer {
-        // Serializing a `Value` of strings, numbers and maps cannot fail.
-        body: serde_json::to_vec(&answer).unwrap_or_default(),
-        record: Record {
-            uid: req.uid.into_owned(),
-            kind: req.kind.kind.into_owned(),
-            namespace: namespace.to_owned(),
-            name: req.name.map(Cow::into_owned).unwrap_or_default(),
-            operation: req.operation.into_owned(),
-            dry_run: req.dry_run.unwrap_or(false),
-            outcome,
-            patch_ops,
-            warnings,
-            parent_unknown,
-        },
-    })
+    review.request.ok_or(BadReview::NoRequest)
 }
 
-fn dispatch(
+/// What the engine makes of a request: which kinds and operations it sees, with the cluster's
+/// namespace labels, facts and (for pods) parent JobSets. Anything else is allowed unchanged.
+pub fn decide(
     req: &RequestIn<'_>,
-    namespace: &str,
     config: &Config,
     cluster: &dyn ClusterView,
 ) -> Result<Mutation, Denial> {
     let Some(object) = req.object else {
         return Ok(Mutation::default());
     };
-    let is_jobset = req.kind.group == "jobset.x-k8s.io" && req.kind.kind == "JobSet";
+    let namespace = req.namespace.as_deref().unwrap_or_default();
+    let is_jobset = req.kind.group == JOBSET_GROUP && req.kind.kind == "JobSet";
     let is_pod = req.kind.group.is_empty() && req.kind.kind == "Pod";
     if !(is_jobset && config.targets.jobsets || is_pod && config.targets.pods) {
         return Ok(Mutation::default());
@@ -239,44 +243,141 @@ fn dispatch(
     }
 }
 
-fn allowed(uid: &str, m: Mutation) -> Value {
-    let mut r = Map::new();
-    r.insert("uid".into(), json!(uid));
-    r.insert("allowed".into(), json!(true));
-    if !m.patch.is_empty() {
-        // The API documents `patch` as base64 of the JSON Patch; kube-core 5 writes a number
-        // array instead, which is why the response is built here.
-        let bytes = serde_json::to_vec(&m.patch).unwrap_or_default();
-        r.insert("patchType".into(), json!("JSONPatch"));
-        r.insert(
-            "patch".into(),
-            json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
-        );
+/// The encoded answer and its record.
+fn encode(req: RequestIn<'_>, decision: Result<Mutation, Denial>) -> Answer {
+    let (outcome, patch_ops, warnings, parent_unknown) = match &decision {
+        Ok(m) if m.patch.is_empty() => (Outcome::Allowed, 0, m.warnings.len(), m.parent_unknown),
+        Ok(m) => (
+            Outcome::Patched,
+            m.patch.len(),
+            m.warnings.len(),
+            m.parent_unknown,
+        ),
+        Err(_) => (Outcome::Denied, 0, 0, false),
+    };
+    let out = ReviewOut {
+        api_version: API_VERSION,
+        kind: KIND,
+        response: Response::new(&req.uid, decision),
+    };
+    // Serializing strings, numbers and a patch of `Value`s cannot fail.
+    let body = serde_json::to_vec(&out).unwrap_or_default();
+    Answer {
+        body,
+        record: Record {
+            uid: req.uid.into_owned(),
+            kind: req.kind.kind.into_owned(),
+            namespace: req.namespace.map(Cow::into_owned).unwrap_or_default(),
+            name: req.name.map(Cow::into_owned).unwrap_or_default(),
+            operation: req.operation.into_owned(),
+            dry_run: req.dry_run.unwrap_or(false),
+            outcome,
+            patch_ops,
+            warnings,
+            parent_unknown,
+        },
     }
-    if !m.warnings.is_empty() {
-        r.insert("warnings".into(), json!(fold_warnings(m.warnings)));
-    }
-    if let Some(summary) = m.summary {
-        r.insert("auditAnnotations".into(), json!({ "applied": summary }));
-    }
-    Value::Object(r)
 }
 
-fn denied(uid: &str, d: &Denial) -> Value {
-    let (code, reason) = status(d);
-    json!({
-        "uid": uid,
-        "allowed": false,
-        "status": { "status": "Failure", "code": code, "reason": reason, "message": clip(d.message.clone()) },
-    })
+/// The AdmissionReview sent back (`admission.k8s.io/v1`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    response: Response<'a>,
 }
 
-/// The HTTP status code and reason of a denial, as the API server reports them.
+/// The `response` of an AdmissionReview (`admission.k8s.io/v1` `AdmissionResponse`), in the
+/// order its fields are written; empty ones are left out.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Response<'a> {
+    pub uid: &'a str,
+    pub allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    /// `JSONPatch` exactly when there is a patch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<&'static str>,
+    /// Written as base64 of the RFC 6902 document, as the API documents it (kube-core 5 would
+    /// write a number array).
+    #[serde(
+        skip_serializing_if = "Patch::is_empty",
+        serialize_with = "base64_json"
+    )]
+    pub patch: Patch,
+    /// At most [`MAX_WARNINGS`], the last one counting the rest.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_annotations: Option<AuditAnnotations>,
+}
+
+/// The `status` of a denial (a `metav1.Status`).
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub status: &'static str,
+    pub code: u16,
+    pub reason: &'static str,
+    /// At most [`MAX_MESSAGE_BYTES`], see [`clip`].
+    pub message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AuditAnnotations {
+    /// The engine's summary of what it set.
+    pub applied: String,
+}
+
+impl<'a> Response<'a> {
+    /// The answer to request `uid` for the engine's `decision`.
+    pub fn new(uid: &'a str, decision: Result<Mutation, Denial>) -> Self {
+        match decision {
+            Ok(m) => Self {
+                uid,
+                allowed: true,
+                status: None,
+                patch_type: (!m.patch.is_empty()).then_some("JSONPatch"),
+                patch: m.patch,
+                warnings: fold_warnings(m.warnings),
+                audit_annotations: m.summary.map(|applied| AuditAnnotations { applied }),
+            },
+            Err(d) => {
+                let (code, reason) = status(&d);
+                Self {
+                    uid,
+                    allowed: false,
+                    status: Some(Status {
+                        status: "Failure",
+                        code,
+                        reason,
+                        message: clip(d.message),
+                    }),
+                    patch_type: None,
+                    patch: Patch::default(),
+                    warnings: Vec::new(),
+                    audit_annotations: None,
+                }
+            }
+        }
+    }
+}
+
+/// The HTTP code and `metav1.StatusReason` a denial is reported with.
 fn status(d: &Denial) -> (u16, &'static str) {
     match d.reason {
         DenialReason::Invalid => (422, "Invalid"),
         DenialReason::BadRequest => (400, "BadRequest"),
     }
+}
+
+fn base64_json<S: Serializer>(patch: &Patch, serializer: S) -> Result<S::Ok, S::Error> {
+    let json = serde_json::to_vec(patch).map_err(serde::ser::Error::custom)?;
+    serializer.collect_str(&Base64Display::new(
+        &json,
+        &base64::engine::general_purpose::STANDARD,
+    ))
 }
 
 /// Cuts `message` to [`MAX_MESSAGE_BYTES`] (at a character boundary), saying how long it was.
@@ -301,21 +402,4 @@ fn fold_warnings(mut w: Vec<String>) -> Vec<String> {
         w.push(format!("... and {more} more warnings"));
     }
     w
-}
-
-impl fmt::Display for Record {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {} {}/{} {}: {} ({} ops, {} warnings)",
-            self.uid,
-            self.kind,
-            self.namespace,
-            self.name,
-            self.operation,
-            self.outcome.as_str(),
-            self.patch_ops,
-            self.warnings
-        )
-    }
 }

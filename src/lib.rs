@@ -7,11 +7,11 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod admission_policy;
 pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod engine;
 mod json_log;
-pub mod policy;
 pub mod server;
 pub mod telemetry;

@@ -8,13 +8,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use base64::Engine as _;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::admission::{self, ClusterView};
-use crate::engine::{
-    self, ClusterFacts, Config, Denial, DenialReason, Environment, Mutation, ParentJobSet, Targets,
-};
+use crate::engine::{ClusterFacts, Config, Mutation, ParentJobSet, Targets};
 
 #[derive(clap::Args, Debug)]
 pub struct MutateArgs {
@@ -89,8 +87,8 @@ pub fn run(args: MutateArgs) -> anyhow::Result<ExitCode> {
                 }
                 results.push(p);
             }
-            Err(d) => {
-                eprintln!("error: {label}: {}", d.message);
+            Err(message) => {
+                eprintln!("error: {label}: {message}");
                 failed = true;
             }
         }
@@ -168,8 +166,22 @@ struct Previewed {
 }
 
 impl Previewed {
-    fn from_mutation(doc: &Value, m: Mutation) -> Result<Self, Denial> {
-        let mut object = doc.clone();
+    /// `object` with the patch of `answer` applied; a denial's message is the error.
+    fn from_answer(mut object: Value, answer: admission::Response<'_>) -> Result<Self, String> {
+        if let Some(status) = answer.status {
+            return Err(status.message);
+        }
+        answer.patch.apply(&mut object).map_err(internal)?;
+        let patch = serde_json::to_value(&answer.patch).map_err(internal)?;
+        Ok(Self {
+            object,
+            warnings: answer.warnings,
+            patch,
+        })
+    }
+
+    /// `object` with `m` applied, warnings as the engine wrote them.
+    fn from_mutation(mut object: Value, m: Mutation) -> Result<Self, String> {
         m.patch.apply(&mut object).map_err(internal)?;
         let patch = serde_json::to_value(&m.patch).map_err(internal)?;
         Ok(Self {
@@ -180,11 +192,8 @@ impl Previewed {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> Denial {
-    Denial {
-        reason: DenialReason::BadRequest,
-        message: format!("internal error: the computed patch does not apply: {e}"),
-    }
+fn internal(e: impl std::fmt::Display) -> String {
+    format!("internal error: the computed patch does not apply: {e}")
 }
 
 /// The documents' context: JobSets in the input serve as the parents of Pods in it.
@@ -205,6 +214,21 @@ impl ClusterView for Preview<'_> {
     }
     fn facts(&self) -> ClusterFacts {
         ClusterFacts::default()
+    }
+}
+
+/// Offline, a pod without its JobSet in the input can only use the defaults.
+struct DefaultParents<'p, 'a>(&'p Preview<'a>);
+
+impl ClusterView for DefaultParents<'_, '_> {
+    fn namespace_labels(&self, namespace: &str) -> Option<Arc<Labels>> {
+        self.0.namespace_labels(namespace)
+    }
+    fn parent_jobset(&self, namespace: &str, name: &str) -> Option<ParentJobSet> {
+        Some(self.0.parent_jobset(namespace, name).unwrap_or_default())
+    }
+    fn facts(&self) -> ClusterFacts {
+        self.0.facts()
     }
 }
 
@@ -231,86 +255,38 @@ impl<'a> Preview<'a> {
         }
     }
 
-    fn one(&self, doc: &Value) -> Result<Previewed, Denial> {
-        let ctx = Environment {
-            config: self.config,
-            namespace_labels: Some(&self.labels),
-            facts: ClusterFacts::default(),
-        };
-        let raw = doc.to_string();
-        let m = match kind_of(doc) {
-            Some("JobSet") => engine::mutate_jobset(&raw, &ctx)?,
-            Some("Pod") => {
-                let ns = doc
-                    .pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
-                    .unwrap_or("default");
-                let m = engine::mutate_pod(&raw, &ctx, &|name| self.parent_jobset(ns, name));
-                if m.parent_unknown {
-                    // Offline, a pod without its JobSet in the input can only use the defaults.
-                    let defaults = ParentJobSet::default();
-                    engine::mutate_pod(&raw, &ctx, &|_| Some(defaults.clone()))
-                } else {
-                    m
-                }
-            }
+    /// A JobSet or Pod is previewed as the CREATE the webhook would see (whatever its
+    /// apiVersion); an AdmissionReview as the webhook answers it.
+    fn one(&self, doc: &Value) -> Result<Previewed, String> {
+        let (group, kind) = match kind_of(doc) {
+            Some("JobSet") => (admission::JOBSET_GROUP, "JobSet"),
+            Some("Pod") => ("", "Pod"),
             Some("AdmissionReview") => return self.review(doc),
-            _ => Mutation::default(),
+            _ => return Previewed::from_mutation(doc.clone(), Mutation::default()),
         };
-        Previewed::from_mutation(doc, m)
+        let raw = RawValue::from_string(doc.to_string()).map_err(|e| e.to_string())?;
+        let namespace = doc
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let req = admission::RequestIn::create(group, kind, namespace, &raw);
+        match admission::decide(&req, self.config, &DefaultParents(self)) {
+            Ok(m) => Previewed::from_mutation(doc.clone(), m),
+            Err(d) => Err(d.message),
+        }
     }
 
-    /// An AdmissionReview goes through the same code as the webhook; the printed object is
-    /// `request.object` with the answer's patch applied.
-    fn review(&self, doc: &Value) -> Result<Previewed, Denial> {
-        let bad = |message: String| Denial {
-            reason: DenialReason::BadRequest,
-            message,
-        };
-        let answer = admission::review(doc.to_string().as_bytes(), self.config, self)
-            .map_err(|e| bad(e.to_string()))?;
-        let resp: Value = serde_json::from_slice(&answer.body).map_err(|e| bad(e.to_string()))?;
-        let r = &resp["response"];
-        if r["allowed"] != Value::Bool(true) {
-            // Only the message is printed.
-            return Err(Denial {
-                reason: DenialReason::Invalid,
-                message: r
-                    .pointer("/status/message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("denied")
-                    .to_owned(),
-            });
-        }
-        let patch: Vec<json_patch::PatchOperation> = match r.get("patch").and_then(Value::as_str) {
-            Some(b64) => {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .map_err(|e| bad(e.to_string()))?;
-                serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?
-            }
-            None => Vec::new(),
-        };
-        let warnings = r
-            .get("warnings")
-            .and_then(Value::as_array)
-            .map(|w| {
-                w.iter()
-                    .filter_map(|s| s.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut object = doc
+    /// An AdmissionReview goes through the same steps as in the webhook; the printed object
+    /// is `request.object` with the answer's patch applied.
+    fn review(&self, doc: &Value) -> Result<Previewed, String> {
+        let body = doc.to_string();
+        let req = admission::decode(body.as_bytes()).map_err(|e| e.to_string())?;
+        let answer = admission::Response::new("", admission::decide(&req, self.config, self));
+        let object = doc
             .pointer("/request/object")
             .cloned()
             .unwrap_or(Value::Null);
-        json_patch::patch(&mut object, &patch).map_err(internal)?;
-        let patch = serde_json::to_value(&patch).map_err(internal)?;
-        Ok(Previewed {
-            object,
-            warnings,
-            patch,
-        })
+        Previewed::from_answer(object, answer)
     }
 }
 

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
+use crate::admission_policy;
 use crate::engine::Config;
-use crate::policy;
 
 #[derive(clap::Args, Debug)]
 pub struct PolicyArgs {
@@ -36,12 +36,16 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<ExitCode> {
         }
         None => Config::default(),
     };
-    let docs = policy::generate(&config);
+    let docs = admission_policy::generate(&config);
     match args.output {
-        Output::Yaml => print!("{}", policy::to_yaml(&docs).context("writing YAML")?),
+        Output::Yaml => print!(
+            "{}",
+            admission_policy::to_yaml(&docs).context("writing YAML")?
+        ),
         Output::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&policy::to_list(&docs)).context("writing JSON")?
+            serde_json::to_string_pretty(&admission_policy::to_list(&docs))
+                .context("writing JSON")?
         ),
     }
     Ok(ExitCode::SUCCESS)

@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod admission_policy;
+pub mod args;
 pub mod certs;
 pub mod cli;
 pub mod cluster;

@@ -1,6 +1,5 @@
 //! The subcommands: `serve` (the composition root of the long-running server) and the ones
-//! that run once and exit, plus the flag parsers they share.
-pub mod args;
+//! that run once and exit.
 pub mod check;
 pub mod mutate;
 pub mod policy;

@@ -40,7 +40,7 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use crate::admission::ClusterView;
-use crate::cli::args::parse_period;
+use crate::args::parse_period;
 use crate::engine::{self, ClusterFacts, NodeInfo, ParentJobSet, Targets};
 use cache::Cache;
 use probe::Capabilities;

@@ -47,7 +47,7 @@ use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
 use crate::admission::{ClusterView, Offline};
-use crate::cli::args::{parse_bytes, parse_duration, parse_period, parse_targets};
+use crate::args::{parse_bytes, parse_duration, parse_period, parse_targets};
 use crate::engine::Targets;
 use crate::telemetry::{LogFormat, Metrics};
 

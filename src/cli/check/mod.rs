@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use crate::args::parse_targets;
 use crate::cluster::node;
 use crate::cluster::probe;
 use crate::engine::Targets;
@@ -77,10 +78,6 @@ pub struct CheckArgs {
 pub enum Output {
     Table,
     Json,
-}
-
-fn parse_targets(s: &str) -> Result<Targets, String> {
-    Targets::parse(s.split(','))
 }
 
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {

@@ -1,6 +1,6 @@
-//! Value parsers for command-line flags (clap `value_parser`s). A leaf: it imports nothing
-//! from the crate but the engine's `Targets`, so `server` and `cluster` can use it without
-//! importing each other.
+//! Value parsers for command-line flags (clap `value_parser`s), shared by `cli`, `server` and
+//! `cluster`. A leaf: it imports nothing from the crate but the engine's `Targets`, so the
+//! rooms that declare flags need not import each other.
 
 use std::time::Duration;
 

@@ -3,19 +3,10 @@
 //! certificate from the CA is served; the CA file is re-read; the admin port stays plain and
 //! `/readyz` stays honest.
 
-#[path = "support/admission_reviews.rs"]
-mod admission_reviews;
-#[path = "support/hardening.rs"]
-mod hardening;
-#[path = "support/webhook_process.rs"]
-mod webhook_process;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use admission_reviews::*;
-use hardening::*;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
@@ -23,8 +14,10 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
+use testkit::admission_reviews::*;
+use testkit::hardening::*;
+use testkit::webhook_process::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use webhook_process::*;
 
 /// A client CA and a client certificate it signed (what the API server presents).
 struct ClientPki {

@@ -160,8 +160,7 @@ fn declared_node_features_decide_the_default_action() {
         &["create", "serviceaccount", "default", "-n", "default"],
         None,
     );
-    let webhook = Webhook::start(&c, WebhookOptions::default());
-    webhook.register(&c, None, "default");
+    let webhook = Webhook::start_registered(&c, WebhookOptions::default());
     let ns = c.namespace("nodes", &[]);
     let mut catch_up = Vec::new();
 

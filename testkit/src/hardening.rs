@@ -1,7 +1,6 @@
-//! Helpers of the hardening tests (tests/hostile.rs, tests/faults.rs): test certificates,
+//! Helpers of the hardening tests (tests/hostile/, tests/faults/, tests/client_auth.rs): test certificates,
 //! raw exchanges that tolerate a closed connection, memory figures from /proc, a steady-rate
 //! load client.
-#![allow(dead_code)]
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-use super::webhook_process::*;
+use crate::webhook_process::*;
 
 /// Every test runs under this bound, so a hang fails instead of stalling CI.
 pub async fn bounded<F: Future<Output = ()>>(secs: u64, f: F) {

@@ -156,20 +156,12 @@ async fn client_ca_requires_a_certificate_from_the_ca() {
         let (trusted, other) = (ClientPki::new("trusted"), ClientPki::new("other"));
         let ca_file = tmp.path().join("client-ca.crt");
         write(&ca_file, &trusted.ca_pem);
-        let args = certs.args();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let w = Webhook::start(
-            &[
-                &args[..],
-                &[
-                    "--client-ca",
-                    ca_file.to_str().unwrap(),
-                    "--reload-interval",
-                    "200ms",
-                ],
-            ]
-            .concat(),
-        );
+        let w = certs.serve(&[
+            "--client-ca",
+            ca_file.to_str().unwrap(),
+            "--reload-interval",
+            "200ms",
+        ]);
 
         // No certificate, or one from another CA: refused in the handshake.
         assert_eq!(
@@ -248,7 +240,7 @@ async fn without_client_ca_no_certificate_is_asked_for() {
     bounded(60, async {
         let tmp = tempfile::tempdir().unwrap();
         let certs = Certs::new(tmp.path());
-        let w = Webhook::start(&certs.args().each_ref().map(String::as_str));
+        let w = certs.serve(&[]);
         let pki = ClientPki::new("any");
         assert_eq!(
             exchange_with(&w, &certs.ca, None).await,

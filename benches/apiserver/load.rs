@@ -10,6 +10,7 @@ use testkit::cluster::{ADMIN_TOKEN as TOKEN, Cluster};
 
 use crate::metrics::Metrics;
 
+/// The JobSets created: `rjobs` replicated jobs of one Job with `containers` containers.
 #[derive(Clone, Copy)]
 pub struct Shape {
     pub rjobs: usize,
@@ -25,6 +26,7 @@ pub const LARGE: Shape = Shape {
     containers: 3,
 };
 
+/// An opted-in, suspended JobSet of `shape` (one pod per Job when resumed).
 pub fn create_body(name: &str, shape: Shape) -> Value {
     let containers: Vec<Value> = (0..shape.containers)
         .map(|c| {

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use crate::modes::Policies;
 
+/// Admission inside kube-apiserver over one run, from /metrics deltas.
 pub struct Admission {
     /// JobSets created in the run (the denominator of the per-JobSet figures).
     pub created: f64,
@@ -128,6 +129,7 @@ pub fn admission_families(m: &Metrics) -> String {
     s
 }
 
+/// A Prometheus exposition.
 pub struct Metrics(pub String);
 
 impl Metrics {

@@ -27,12 +27,14 @@ impl Mode {
     }
 }
 
+/// The generated policies (a `v1` `List`) and the mutating policy's name (the label of its
 /// check metric).
 pub struct Policies {
     pub list: Value,
     pub mutating: String,
 }
 
+/// `policy -o json` of the binary `serve` runs from, with the built-in defaults.
 pub fn generated_policies() -> Policies {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_jobset-restart-webhook"))
         .args(["policy", "-o", "json"])
@@ -64,6 +66,7 @@ pub fn generated_policies() -> Policies {
     }
 }
 
+/// A server-side dry run in `default`: (stored object or Null, refusal text or "").
 pub fn dry_run(cluster: &Cluster, in_place: &str) -> (Value, String) {
     let probe = json!({
         "apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",

@@ -9,6 +9,7 @@ use crate::load::Shape;
 use crate::metrics::{Admission, PLUGINS};
 use crate::modes::Mode;
 
+/// One JobSet-creates run.
 pub struct Run {
     pub mode: Mode,
     pub load: String,
@@ -23,6 +24,7 @@ pub struct Run {
     pub admission: Admission,
 }
 
+/// Prints the two tables of one shape's runs and the ratios of the medians.
 pub fn report_creates(
     out: &mut String,
     shape: Shape,

@@ -49,6 +49,13 @@ impl Certs {
             self.key(),
         ]
     }
+
+    /// Starts `serve` on these certificates with `extra` flags after them.
+    pub fn serve(&self, extra: &[&str]) -> Webhook {
+        let args = self.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Webhook::start(&[&args[..], extra].concat())
+    }
 }
 
 /// Memory of a process, from /proc/<pid>/status, in KiB.

@@ -234,6 +234,17 @@ impl Webhook {
             other => panic!("GET /metrics on {}: {other:?}", self.admin),
         }
     }
+
+    /// The value of the first sample whose line starts with `series` (name and labels).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
 }
 
 impl Drop for Webhook {

@@ -187,11 +187,9 @@ async fn sigterm_under_load_hands_over_without_failures() {
     bounded(60, async {
         let tmp = tempfile::tempdir().unwrap();
         let certs = Certs::new(tmp.path());
-        let args = certs.args();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let extra = ["--drain-delay", "2s", "--shutdown-grace-period", "20s"];
-        let mut a = Webhook::start(&[&args[..], &extra[..]].concat());
-        let b = Webhook::start(&args);
+        let mut a = certs.serve(&extra);
+        let b = certs.serve(&[]);
         let ca = Arc::new(certs.ca.clone());
         let body = Arc::new(opted_in_review("handover"));
         let state = Arc::new(LoadState::default());
@@ -331,20 +329,12 @@ async fn broken_config_under_load_keeps_the_last_good_one() {
             b"\xff\xfe not even text",
         ];
         std::fs::write(&cfg, good).unwrap();
-        let args = certs.args();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let w = Webhook::start(
-            &[
-                &args[..],
-                &[
-                    "--config",
-                    cfg.to_str().unwrap(),
-                    "--reload-interval",
-                    "200ms",
-                ],
-            ]
-            .concat(),
-        );
+        let w = certs.serve(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--reload-interval",
+            "200ms",
+        ]);
         // No annotation: only the config's default makes it patched.
         let body = Arc::new(serde_json::to_vec(&review("cfg", "CREATE", &jobset(&[]))).unwrap());
         let url = w.url("/mutate");

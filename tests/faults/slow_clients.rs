@@ -12,22 +12,14 @@ async fn slow_clients_are_cut_off_and_others_unaffected() {
     bounded(75, async {
         let tmp = tempfile::tempdir().unwrap();
         let certs = Certs::new(tmp.path());
-        let args = certs.args();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let w = Webhook::start(
-            &[
-                &args[..],
-                &[
+        let w = certs.serve(&[
                     "--tls-handshake-timeout",
                     "3s",
                     "--header-read-timeout",
                     "3s",
                     "--body-read-timeout",
                     "5s",
-                ],
-            ]
-            .concat(),
-        );
+                ]);
         let pid = w.pid();
         let url = w.url("/mutate");
         let body = Arc::new(opted_in_review("steady"));
@@ -230,9 +222,7 @@ async fn withheld_large_bodies_stay_within_the_body_budget() {
     bounded(60, async {
         let tmp = tempfile::tempdir().unwrap();
         let certs = Certs::new(tmp.path());
-        let args = certs.args();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let w = Webhook::start(&[&args[..], &["--body-read-timeout", "4s"]].concat());
+        let w = certs.serve(&["--body-read-timeout", "4s"]);
         let pid = w.pid();
         let url = w.url("/mutate");
         let body = Arc::new(opted_in_review("beside"));

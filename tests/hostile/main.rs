@@ -93,13 +93,7 @@ async fn hostile_input_catalog() {
     bounded(240, async {
         let tmp = tempfile::tempdir().unwrap();
         let certs = Certs::new(tmp.path());
-        let mut w = Webhook::start(
-            &[
-                &certs.args().each_ref().map(String::as_str)[..],
-                &["--targets", "jobsets,pods", "--tls-handshake-timeout", "2s"],
-            ]
-            .concat(),
-        );
+        let mut w = certs.serve(&["--targets", "jobsets,pods", "--tls-handshake-timeout", "2s"]);
         let pid = w.pid();
         let idle = mem(pid);
         println!("idle: {idle}");
@@ -150,7 +144,7 @@ async fn wide_jobsets_are_refused_with_a_bounded_answer() {
     bounded(120, async {
         let tmp = tempfile::tempdir().unwrap();
         let certs = Certs::new(tmp.path());
-        let w = Webhook::start(&certs.args().each_ref().map(String::as_str));
+        let w = certs.serve(&[]);
         let idle = mem(w.pid());
         let rv = jobset_with_containers("wide-90k", wide_containers("c", 90_000));
         let bytes = std::sync::Arc::new(post_bytes(&body_of(&rv)));
@@ -232,13 +226,7 @@ async fn request_heads_over_the_bound_get_431_and_bodies_are_not_cut() {
         let tmp = tempfile::tempdir().unwrap();
         let certs = Certs::new(tmp.path());
         // A long header deadline: only the head bound can explain a prompt answer.
-        let mut w = Webhook::start(
-            &[
-                &certs.args().each_ref().map(String::as_str)[..],
-                &["--header-read-timeout", "60s"],
-            ]
-            .concat(),
-        );
+        let mut w = certs.serve(&["--header-read-timeout", "60s"]);
         let js = jobset(&[(IN_PLACE, "enabled")]);
         let small = body_of(&review("head", "CREATE", &js));
 
@@ -318,13 +306,7 @@ async fn stalled_heads_hold_bounded_memory() {
     bounded(180, async {
         let tmp = tempfile::tempdir().unwrap();
         let certs = Certs::new(tmp.path());
-        let w = Webhook::start(
-            &[
-                &certs.args().each_ref().map(String::as_str)[..],
-                &["--header-read-timeout", "60s", "--max-connections", "256"],
-            ]
-            .concat(),
-        );
+        let w = certs.serve(&["--header-read-timeout", "60s", "--max-connections", "256"]);
         let idle = mem(w.pid());
 
         let over = padded_head(390_000, None);

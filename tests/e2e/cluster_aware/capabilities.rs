@@ -26,8 +26,7 @@ pub(super) fn old_jobset_crd_is_detected_and_check_reports_the_pruning() {
     assert_eq!(caps["jobsetCrdKeepsRules"], false, "{caps}");
     assert_eq!(caps["restartPolicyRules"], true, "{caps}");
     assert_eq!(
-        metric(
-            &webhook,
+        webhook.metric(
             "jobset_restart_webhook_cluster_capability{capability=\"jobset_crd_keeps_rules\"}"
         ),
         Some(0.0)
@@ -107,8 +106,7 @@ pub(super) fn without_restart_all_containers_the_default_is_restart_and_explicit
     assert_eq!(caps["restartPolicyRules"], true, "{caps}");
     assert_eq!(caps["restartAllContainers"], false, "{caps}");
     assert_eq!(
-        metric(
-            &webhook,
+        webhook.metric(
             "jobset_restart_webhook_cluster_capability{capability=\"restart_all_containers\"}"
         ),
         Some(0.0)

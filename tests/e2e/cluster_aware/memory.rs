@@ -91,7 +91,7 @@ pub(super) fn memory_of_the_caches_with_1000_jobsets() {
     wait_for(
         "the JobSet cache to hold every JobSet",
         CACHE,
-        || match metric(&webhook, objects) {
+        || match webhook.metric(objects) {
             Some(n) if n >= N as f64 => Ok(()),
             other => Err(format!("{other:?}")),
         },
@@ -103,7 +103,7 @@ pub(super) fn memory_of_the_caches_with_1000_jobsets() {
     let second = Webhook::start(&cluster, opts);
     let second_pid = serve_pid(&second);
     assert_eq!(
-        metric(&second, objects),
+        second.metric(objects),
         Some(N as f64),
         "readiness waited for the list"
     );

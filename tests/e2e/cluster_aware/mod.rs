@@ -52,28 +52,6 @@ fn check_json(cluster: &Cluster, args: &[&str]) -> (i32, Value) {
     (code, report)
 }
 
-/// A server-side dry-run create: (the object as it would be stored, kubectl's stderr with
-/// the admission warnings). `Value::Null` when the create was refused.
-fn dry_run(cluster: &Cluster, namespace: &str, object: &Value) -> (Value, String) {
-    let out = cluster.kubectl(
-        &[
-            "create",
-            "--dry-run=server",
-            "-n",
-            namespace,
-            "-f",
-            "-",
-            "-o",
-            "json",
-        ],
-        Some(&object.to_string()),
-    );
-    (
-        serde_json::from_slice(&out.stdout).unwrap_or_default(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The `/readyz` body of the webhook's admin port.
 fn readyz(webhook: &Webhook) -> String {
     match http_get(webhook.admin, "/readyz") {
@@ -91,17 +69,6 @@ fn readyz_capabilities(webhook: &Webhook) -> Value {
         .unwrap_or_else(|| panic!("no ready cluster-capabilities line in /readyz:\n{body}"));
     let json = line.trim_start_matches("[+]cluster-capabilities ok: ");
     serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {line}"))
-}
-
-/// The value of the first sample whose line starts with `series` (name and labels).
-fn metric(webhook: &Webhook, series: &str) -> Option<f64> {
-    webhook.metrics().lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
 }
 
 /// A Pod as the Job controller would create it for JobSet `jobset` (labels only).
@@ -130,7 +97,7 @@ fn namespace_label_enables_jobsets_without_annotations_and_disabled_wins() {
         "the webhook's namespace cache to see the label",
         CACHE,
         || {
-            let (stored, stderr) = dry_run(c, &ns, &training_jobset("probe", &[]));
+            let (stored, stderr) = c.dry_run_create(&ns, &training_jobset("probe", &[]));
             if at(&stored, APPLIED).is_string() {
                 Ok(())
             } else {
@@ -182,17 +149,20 @@ fn jobset_cache_follows_creates_and_deletes() {
     let c = &s.cluster;
     let ns = c.namespace("cache-follows", &[]);
     let misses = "jobset_restart_webhook_pod_parent_unknown_total";
-    let before = metric(&s.webhook, misses).expect("the parent-unknown counter is exported");
+    let before = s
+        .webhook
+        .metric(misses)
+        .expect("the parent-unknown counter is exported");
 
     // No JobSet yet: the pod is allowed unchanged, with a warning, and counted.
-    let (stored, stderr) = dry_run(c, &ns, &jobset_pod("followed"));
+    let (stored, stderr) = c.dry_run_create(&ns, &jobset_pod("followed"));
     assert_eq!(stored["kind"], "Pod", "the pod is never denied: {stderr}");
     assert!(!mentions_rules(&stored), "{stored:#}");
     assert!(
         stderr.contains("its JobSet \"followed\" is not known to the webhook yet"),
         "{stderr}"
     );
-    assert!(metric(&s.webhook, misses).unwrap_or_default() > before);
+    assert!(s.webhook.metric(misses).unwrap_or_default() > before);
 
     // The JobSet appears (suspended: its controllers create no pods of their own) ...
     let mut js = training_jobset(
@@ -207,7 +177,7 @@ fn jobset_cache_follows_creates_and_deletes() {
     create_ok(c, &ns, &js);
     let rules = json!([{"action": "Restart", "exitCodes": {"operator": "In", "values": [42]}}]);
     wait_for("the JobSet cache to follow the create", CACHE, || {
-        let (stored, stderr) = dry_run(c, &ns, &jobset_pod("followed"));
+        let (stored, stderr) = c.dry_run_create(&ns, &jobset_pod("followed"));
         match at(&stored, "/spec/containers/0/restartPolicyRules") {
             r if *r == rules => Ok(()),
             other => Err(format!("rules {other}; {stderr}")),
@@ -220,16 +190,15 @@ fn jobset_cache_follows_creates_and_deletes() {
         None,
     );
     wait_for("the JobSet cache to follow the delete", CACHE, || {
-        let (stored, stderr) = dry_run(c, &ns, &jobset_pod("followed"));
+        let (stored, stderr) = c.dry_run_create(&ns, &jobset_pod("followed"));
         if !mentions_rules(&stored) && stderr.contains("is not known to the webhook yet") {
             Ok(())
         } else {
             Err(format!("still known: {stderr}"))
         }
     });
-    let synced = metric(
-        &s.webhook,
-        "jobset_restart_webhook_cluster_cache_synced{cache=\"jobsets\"}",
-    );
+    let synced = s
+        .webhook
+        .metric("jobset_restart_webhook_cluster_cache_synced{cache=\"jobsets\"}");
     assert_eq!(synced, Some(1.0));
 }

@@ -6,9 +6,7 @@
 //! `update-restore` one that dropped every field CREATE added.
 use jobset_restart_webhook::engine::{ClusterFacts, Config, Context, mutate_jobset, update_jobset};
 
-#[path = "../benches/engine.rs"]
-#[allow(dead_code)]
-mod bench;
+use testkit::engine_inputs as bench;
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -7,11 +7,15 @@
 //!   fault tests add (bounded tests, `/proc` memory figures, a steady-rate client).
 //! - [`cluster`], [`webhook`], [`node`]: a real control plane, our webhook registered on it,
 //!   a real node (the e2e tests and the `apiserver` and `restart` benches).
+//! - [`engine_inputs`]: the engine bench's JobSets (also profiled by an example);
+//!   [`engine_support`]: what the engine's golden and property tests compare.
 //! - [`util`]: polling, free ports, a plain-HTTP GET, YAML loading; [`stats`]: medians and
 //!   the load average for bench reports.
 
 pub mod admission_reviews;
 pub mod cluster;
+pub mod engine_inputs;
+pub mod engine_support;
 pub mod hardening;
 pub mod node;
 pub mod stats;

@@ -20,7 +20,7 @@ mod process;
 
 pub use components::{build_sh, control_plane_bin, example_manifests, jobset_module_dir};
 pub use kubectl::ADMIN_TOKEN;
-pub use process::{Proc, Tracker, stop_all};
+pub use process::{Proc, Tracker, spawn_watchdog, stop_all};
 
 use std::fs;
 use std::path::PathBuf;

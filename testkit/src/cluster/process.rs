@@ -1,5 +1,6 @@
 //! The harness's processes: each in its own process group, tracked for the watchdog.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -145,18 +146,30 @@ for p in $groups; do kill -KILL "-$p" 2>/dev/null; done
 if [ ! -e "$1/keep" ] && [ "$2" != 1 ]; then rm -rf "$1"; fi
 "#;
     let keep = std::env::var("E2E_KEEP").unwrap_or_default();
+    spawn_watchdog(
+        "watchdog",
+        SCRIPT,
+        &["e2e-watchdog".as_ref(), dir.as_os_str(), keep.as_ref()],
+    )
+}
+
+/// Runs `sh -c script args...` in its own process group with a stdin pipe nothing writes to:
+/// the script's `read` returns once the test process is gone, however it ended. `what` names
+/// it in panics.
+pub fn spawn_watchdog(what: &str, script: &str, args: &[&OsStr]) -> (Child, ChildStdin) {
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(SCRIPT)
-        .arg("e2e-watchdog")
-        .arg(dir)
-        .arg(keep)
+        .arg(script)
+        .args(args)
         .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("starting the watchdog shell");
-    let stdin = child.stdin.take().expect("the watchdog's stdin pipe");
+        .unwrap_or_else(|e| panic!("starting the {what} shell: {e}"));
+    let stdin = child
+        .stdin
+        .take()
+        .unwrap_or_else(|| panic!("the {what}'s stdin pipe"));
     (child, stdin)
 }

@@ -29,7 +29,6 @@ pub use workloads::{
 
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, OnceLock};
@@ -37,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::cluster::{Cluster, Proc, Tracker, stop_all};
+use crate::cluster::{Cluster, Proc, Tracker, spawn_watchdog, stop_all};
 use crate::util::{free_port, repo_root, report_time, tail, wait_for};
 
 /// Image references of the two test images (imported, never pulled).
@@ -391,20 +390,16 @@ impl Drop for Node {
 fn start_watchdog(dir: &Path, base: &str) -> (Child, ChildStdin) {
     let script = format!("trap '' INT HUP\nread -r _ || true\nsleep 1\n{CLEANUP}");
     let keep = std::env::var("E2E_KEEP").unwrap_or_default();
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .arg("node-watchdog")
-        .arg(dir)
-        .arg(base)
-        .arg(keep)
-        .process_group(0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting the node watchdog shell");
-    let mut stdin = child.stdin.take().expect("the node watchdog's stdin pipe");
+    let (child, mut stdin) = spawn_watchdog(
+        "node watchdog",
+        &script,
+        &[
+            "node-watchdog".as_ref(),
+            dir.as_os_str(),
+            base.as_ref(),
+            keep.as_ref(),
+        ],
+    );
     // Nothing is ever written; a failed flush only means the watchdog is already gone.
     let _ = stdin.flush();
     (child, stdin)

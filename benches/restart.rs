@@ -1,6 +1,6 @@
 //! Restart times on a real node (issue 13, part 4): a JobSet of N one-pod workers on one node
 //! (the e2e harness's control plane + kube-scheduler + kubelet/containerd/runc, see
-//! tests/e2e/node.rs); worker 0 fails with exit code 42; how long until every worker runs
+//! testkit/src/node/); worker 0 fails with exit code 42; how long until every worker runs
 //! again, and how many API writes that took, for
 //! - recreate: no rules (what JobSet does without the webhook: the Job fails, JobSet restarts
 //!   and recreates every pod);
@@ -23,30 +23,18 @@
 //! writes to every resource). The same runs again on a kubelet with
 //! `crashLoopBackOff.maxContainerRestartPeriod` lowered (gate `KubeletCrashLoopBackOffMax`).
 
-#[path = "../tests/e2e/cluster.rs"]
-#[allow(dead_code)]
-mod cluster;
-#[path = "../tests/e2e/node.rs"]
-#[allow(dead_code)]
-mod node;
-#[path = "../tests/e2e/util.rs"]
-#[allow(dead_code)]
-mod util;
-#[path = "../tests/e2e/webhook.rs"]
-#[allow(dead_code)]
-mod webhook;
-
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use cluster::{Cluster, ClusterOptions};
-use node::{Node, NodeOptions, node_jobset, node_pod_spec, pod_summary, workload_container};
-use webhook::{Webhook, WebhookOptions};
+use testkit::cluster::{ADMIN_TOKEN as TOKEN, Cluster, ClusterOptions};
+use testkit::node::{
+    Node, NodeOptions, node_jobset, node_pod_spec, pod_summary, workload_container,
+};
+use testkit::webhook::{Webhook, WebhookOptions};
 
-const TOKEN: &str = "admin-token";
 /// Longest wait for the workers to run (first start of 16 pods, or after a failure with a
 /// 160 s back-off).
 const RUNNING: Duration = Duration::from_secs(330);
@@ -99,27 +87,16 @@ struct Writes {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!("restart bench: runs only under `cargo bench --features e2e --bench restart`");
+    let Some(quick) = testkit::control_plane_bench("restart") else {
         return;
-    }
-    let quick = args.iter().any(|a| a == "--quick");
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    };
     let started = Instant::now();
     let cluster = Cluster::start(ClusterOptions {
         name: "restart-bench",
         scheduler: true,
         ..ClusterOptions::default()
     });
-    let hook = Webhook::start(
-        &cluster,
-        WebhookOptions {
-            targets: Some("jobsets,pods".to_owned()),
-            config: None,
-        },
-    );
-    hook.register(&cluster, None, "default");
+    let hook = Webhook::start_registered(&cluster, WebhookOptions::targets("jobsets,pods"));
     let api = Api::new(&cluster);
     let mut samples: Vec<Sample> = Vec::new();
     let sizes: &[usize] = if quick { &[4] } else { &[4, 16] };
@@ -257,7 +234,7 @@ fn scenario(
 }
 
 fn wait_default_sa(cluster: &Cluster, ns: &str) {
-    util::wait_for(
+    testkit::util::wait_for(
         "the default ServiceAccount",
         Duration::from_secs(60),
         || {
@@ -365,22 +342,12 @@ struct Api {
 
 impl Api {
     fn new(cluster: &Cluster) -> Self {
-        let ca = std::fs::read(cluster.dir.join("apiserver-certs/apiserver.crt"))
-            .expect("the API server's certificate");
-        let http = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA PEM"))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("HTTP client");
+        let (http, base) = cluster.api_client();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        Self {
-            rt,
-            http,
-            base: format!("https://127.0.0.1:{}", cluster.api_port),
-        }
+        Self { rt, http, base }
     }
 
     fn text(&self, path: &str) -> String {

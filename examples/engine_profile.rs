@@ -8,9 +8,7 @@ use jobset_restart_webhook::engine::{
     ClusterFacts, Config, Environment, mutate_jobset, update_jobset,
 };
 
-#[path = "../benches/engine.rs"]
-#[allow(dead_code)]
-mod bench;
+use testkit::engine_inputs as bench;
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -1,5 +1,5 @@
 //! The `policy` subcommand as a user runs it. What the generated policies *do* is tested
-//! against the webhook on a real API server (tests/e2e/differential.rs); here: the output's
+//! against the webhook on a real API server (tests/e2e/differential/); here: the output's
 //! shape, the config reaching it, and errors.
 
 use std::process::{Command, Output};

@@ -3,19 +3,10 @@
 //! certificate from the CA is served; the CA file is re-read; the admin port stays plain and
 //! `/readyz` stays honest.
 
-#[path = "support/admission_reviews.rs"]
-mod admission_reviews;
-#[path = "support/hardening.rs"]
-mod hardening;
-#[path = "support/webhook_process.rs"]
-mod webhook_process;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use admission_reviews::*;
-use hardening::*;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
@@ -23,8 +14,10 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
+use testkit::admission_reviews::*;
+use testkit::hardening::*;
+use testkit::webhook_process::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use webhook_process::*;
 
 /// A client CA and a client certificate it signed (what the API server presents).
 struct ClientPki {
@@ -163,20 +156,12 @@ async fn client_ca_requires_a_certificate_from_the_ca() {
         let (trusted, other) = (ClientPki::new("trusted"), ClientPki::new("other"));
         let ca_file = tmp.path().join("client-ca.crt");
         write(&ca_file, &trusted.ca_pem);
-        let args = certs.args();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let w = Webhook::start(
-            &[
-                &args[..],
-                &[
-                    "--client-ca",
-                    ca_file.to_str().unwrap(),
-                    "--reload-interval",
-                    "200ms",
-                ],
-            ]
-            .concat(),
-        );
+        let w = certs.serve(&[
+            "--client-ca",
+            ca_file.to_str().unwrap(),
+            "--reload-interval",
+            "200ms",
+        ]);
 
         // No certificate, or one from another CA: refused in the handshake.
         assert_eq!(
@@ -255,7 +240,7 @@ async fn without_client_ca_no_certificate_is_asked_for() {
     bounded(60, async {
         let tmp = tempfile::tempdir().unwrap();
         let certs = Certs::new(tmp.path());
-        let w = Webhook::start(&certs.args().each_ref().map(String::as_str));
+        let w = certs.serve(&[]);
         let pki = ClientPki::new("any");
         assert_eq!(
             exchange_with(&w, &certs.ca, None).await,

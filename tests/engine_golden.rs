@@ -9,8 +9,7 @@ use jobset_restart_webhook::engine::{
 };
 use serde_json::{Value, json};
 
-mod engine_support;
-use engine_support::{apply, changed_paths};
+use testkit::engine_support::{apply, changed_paths};
 
 fn fixture(name: &str) -> String {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));

@@ -10,8 +10,7 @@ use jobset_restart_webhook::engine::{
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
-mod engine_support;
-use engine_support::{apply, changed_paths};
+use testkit::engine_support::{apply, changed_paths};
 
 const CONTAINER_NAMES: &[&str] = &["trainer", "agent", "logger", "a", "b"];
 const RJOB_NAMES: &[&str] = &["workers", "driver", "ps", "eval"];

@@ -66,7 +66,7 @@ pub fn main(args: &[String]) {
     .expect("certificate and key");
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    // As `server::run`: tokio's default multi-thread runtime (one worker per CPU it may use).
+    // As `cli::serve::run`: tokio's default multi-thread runtime (one worker per CPU it may use).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -154,7 +154,7 @@ fn webhook_with_parent(listen: SocketAddr, cert: &Path, key: &Path, extra: &[Str
     ];
     argv.extend(extra.iter().cloned());
     let args = Cli::parse_from(argv).serve;
-    // As `server::run`, minus the signal handling (the bench kills this process).
+    // As `cli::serve::run`, minus the signal handling (the bench kills this process).
     telemetry::init_logging(args.log_format);
     debug_assert_eq!(args.log_format, LogFormat::Json);
     let parent =

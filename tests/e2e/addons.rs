@@ -5,7 +5,7 @@
 //! version (`build.sh --print-module-dir`), and it runs against the cluster's API server as
 //! one more component of the [`Cluster`] (stopped, logged and watched like the others).
 //! Their admission webhooks are registered by loopback `url` with a CA the test generates,
-//! like the JobSet controller's in `cluster.rs`.
+//! like the JobSet controller's in testkit's `cluster`.
 //!
 //! Two things neither program lets us configure, and what the harness does about them:
 //! - Kueue with `internalCertManagement.enable: false` reads its metrics serving certificate

@@ -213,7 +213,7 @@ fn base_and_overlays_apply_to_the_api_server_with_server_side_dry_run() {
             "overlays/cluster-default-enabled",
             [&base_objects[..], &cert_manager_objects[..]].concat(),
         ),
-        // The alternative to all of the above (what it does: tests/e2e/differential.rs).
+        // The alternative to all of the above (what it does: tests/e2e/differential/).
         ("policy", policy_objects.to_vec()),
     ];
     for (dir, expected) in cases {

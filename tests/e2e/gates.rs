@@ -56,7 +56,7 @@ fn container_restart_rules_off_silently_drops_the_rules_from_jobs_and_pods() {
         ..ClusterOptions::default()
     });
     // Offline (--no-cluster): this test records what the API server itself does with the
-    // rules; the cluster-aware behaviour on this cluster is tests/e2e/cluster_aware.rs.
+    // rules; the cluster-aware behaviour on this cluster is tests/e2e/cluster_aware/.
     let webhook =
         Webhook::start_with_args(&c, WebhookOptions::default(), &["--no-cluster".to_owned()]);
     let ns = c.namespace("rules-off", &[]);
@@ -115,7 +115,7 @@ fn restart_all_containers_off_rejects_the_child_jobs_of_the_default_action() {
         ..ClusterOptions::default()
     });
     // Offline (--no-cluster): this test records what the API server itself does with the
-    // rules; the cluster-aware behaviour on this cluster is tests/e2e/cluster_aware.rs.
+    // rules; the cluster-aware behaviour on this cluster is tests/e2e/cluster_aware/.
     let webhook =
         Webhook::start_with_args(&c, WebhookOptions::default(), &["--no-cluster".to_owned()]);
     let ns = c.namespace("restart-all-off", &[]);

@@ -18,7 +18,7 @@ use crate::addons::{Audit, KUEUE, describe_writes, start_kueue};
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::util::{TestTimer, at, wait_for};
 use crate::webhook::{Webhook, WebhookOptions};
-use crate::{any_failure_rules, create_ok};
+use crate::{assert_rules, create_ok, template};
 
 /// Time Kueue gets to admit, preempt or re-admit, and the controllers to create children.
 const STEP: Duration = Duration::from_secs(90);
@@ -63,29 +63,6 @@ fn queued_jobset(
         js["metadata"]["annotations"][*k] = json!(v);
     }
     js
-}
-
-/// What our webhook injected at CREATE, checked on a pod spec (JobSet template, Job
-/// template or Pod).
-fn assert_rules(pod_spec: &Value, what: &str) {
-    let container = &pod_spec["containers"][0];
-    assert_eq!(
-        container["restartPolicy"], "Never",
-        "{what}: the container restartPolicy is gone: {pod_spec:#}"
-    );
-    assert_eq!(
-        container["restartPolicyRules"],
-        any_failure_rules("RestartAllContainers"),
-        "{what}: the restartPolicyRules are gone or changed: {pod_spec:#}"
-    );
-    assert_eq!(
-        pod_spec["restartPolicy"], "Never",
-        "{what}: the pod restartPolicy is not ours: {pod_spec:#}"
-    );
-}
-
-fn template(jobset: &Value) -> &Value {
-    at(jobset, "/spec/replicatedJobs/0/template/spec/template/spec")
 }
 
 fn suspended(jobset: &Value) -> bool {
@@ -217,14 +194,7 @@ fn kueue_admission_preemption_and_readmission_keep_the_restart_rules() {
         apiserver_args: audit.apiserver_args(),
         ..ClusterOptions::default()
     });
-    let webhook = Webhook::start(
-        &cluster,
-        WebhookOptions {
-            targets: Some("jobsets".to_owned()),
-            config: None,
-        },
-    );
-    webhook.register(&cluster, None, "default");
+    let webhook = Webhook::start_registered(&cluster, WebhookOptions::targets("jobsets"));
     start_kueue(&cluster);
     let c = &cluster;
     let ns = c.namespace("kueue", &[]);

@@ -13,10 +13,9 @@
 //! each in its own namespace; tests that need other feature gates, another JobSet CRD or
 //! another webhook registration start their own.
 
-mod cluster;
-mod node;
-mod util;
-mod webhook;
+// The harness (control plane, node, our webhook on it, helpers) lives in testkit, shared
+// with the apiserver and restart benches.
+use testkit::{cluster, node, util, webhook};
 
 // Third-party controllers that write JobSets (issue 14): Kueue and Kubeflow Trainer.
 mod addons;
@@ -77,13 +76,7 @@ pub fn shared() -> &'static Shared {
             webhook.register(&cluster, None, "default");
             Shared { cluster, webhook }
         }))
-        .map_err(|panic| {
-            panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "(no message)".to_owned())
-        })
+        .map_err(util::panic_message)
     });
     match started {
         Ok(shared) => shared,
@@ -122,6 +115,31 @@ pub fn training_jobset(name: &str, annotations: &[(&str, &str)]) -> Value {
 /// The rule list the webhook injects for `action` and "any failure".
 pub fn any_failure_rules(action: &str) -> Value {
     json!([{"action": action, "exitCodes": {"operator": "NotIn", "values": [0]}}])
+}
+
+/// What our webhook injected at CREATE for "any failure" with `RestartAllContainers`, checked
+/// on a pod spec (JobSet template, Job template or Pod) after a third-party controller
+/// (Kueue, Trainer) rewrote the JobSet.
+pub fn assert_rules(pod_spec: &Value, what: &str) {
+    let container = &pod_spec["containers"][0];
+    assert_eq!(
+        container["restartPolicy"], "Never",
+        "{what}: the container restartPolicy is gone: {pod_spec:#}"
+    );
+    assert_eq!(
+        container["restartPolicyRules"],
+        any_failure_rules("RestartAllContainers"),
+        "{what}: the restartPolicyRules are gone or changed: {pod_spec:#}"
+    );
+    assert_eq!(
+        pod_spec["restartPolicy"], "Never",
+        "{what}: the pod restartPolicy is not ours: {pod_spec:#}"
+    );
+}
+
+/// The pod spec of the first replicated job's template.
+pub fn template(jobset: &Value) -> &Value {
+    util::at(jobset, "/spec/replicatedJobs/0/template/spec/template/spec")
 }
 
 /// `kubectl create -f - -n NS` of `object`; returns (success, stderr).

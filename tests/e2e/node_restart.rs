@@ -1,4 +1,4 @@
-//! In-place restarts on a real node (kubelet v1.36.2, containerd v2.4.2, runc; see node.rs),
+//! In-place restarts on a real node (kubelet v1.36.2, containerd v2.4.2, runc; see testkit/src/node/),
 //! through a real JobSet with our webhook registered, read back from the pod status the
 //! kubelet reports and from the pods' emptyDir folders on the host.
 //!
@@ -43,14 +43,8 @@ pub fn node_shared() -> &'static NodeShared {
                 ..ClusterOptions::default()
             });
             cluster.ensure_namespace(WEBHOOK_NAMESPACE);
-            let webhook = Webhook::start(
-                &cluster,
-                WebhookOptions {
-                    targets: Some("jobsets,pods".to_owned()),
-                    config: None,
-                },
-            );
-            webhook.register(&cluster, None, "default");
+            let webhook =
+                Webhook::start_registered(&cluster, WebhookOptions::targets("jobsets,pods"));
             let node = Node::start(&cluster, NodeOptions::default());
             for name in ["kubelet", "containerd"] {
                 cluster.add_log(
@@ -64,13 +58,7 @@ pub fn node_shared() -> &'static NodeShared {
                 node,
             }
         })
-        .map_err(|panic| {
-            panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "(no message)".to_owned())
-        })
+        .map_err(crate::util::panic_message)
     });
     match started {
         Ok(shared) => shared,

@@ -103,17 +103,6 @@ fn wait_nodes(
     }
 }
 
-/// The value of the sample `series` (name and labels) on the metrics port.
-fn metric(webhook: &Webhook, series: &str) -> Option<f64> {
-    webhook.metrics().lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
 /// A dry-run create of the training JobSet (with `annotations` and, when given, a pod
 /// template `nodeSelector: {pool: ...}`): (the action it would be stored with, or the
 /// refusal; kubectl's stderr with the warnings).
@@ -160,8 +149,7 @@ fn declared_node_features_decide_the_default_action() {
         &["create", "serviceaccount", "default", "-n", "default"],
         None,
     );
-    let webhook = Webhook::start(&c, WebhookOptions::default());
-    webhook.register(&c, None, "default");
+    let webhook = Webhook::start_registered(&c, WebhookOptions::default());
     let ns = c.namespace("nodes", &[]);
     let mut catch_up = Vec::new();
 
@@ -179,15 +167,11 @@ fn declared_node_features_decide_the_default_action() {
     assert_eq!(action, ok("RestartAllContainers"), "{stderr}");
     assert!(!stderr.contains("Warning"), "{stderr}");
     assert_eq!(
-        metric(
-            &webhook,
-            "jobset_restart_webhook_cluster_nodes{state=\"total\"}"
-        ),
+        webhook.metric("jobset_restart_webhook_cluster_nodes{state=\"total\"}"),
         Some(0.0)
     );
     assert_eq!(
-        metric(
-            &webhook,
+        webhook.metric(
             "jobset_restart_webhook_cluster_capability{capability=\"nodes_restart_all_containers\"}"
         ),
         None,
@@ -205,8 +189,7 @@ fn declared_node_features_decide_the_default_action() {
     assert_eq!(action, ok("RestartAllContainers"), "{stderr}");
     assert!(!stderr.contains("Warning"), "{stderr}");
     assert_eq!(
-        metric(
-            &webhook,
+        webhook.metric(
             "jobset_restart_webhook_cluster_capability{capability=\"nodes_restart_all_containers\"}"
         ),
         Some(1.0)
@@ -229,17 +212,15 @@ fn declared_node_features_decide_the_default_action() {
     );
     for (state, n) in [("total", 3.0), ("schedulable", 3.0), ("declaring", 2.0)] {
         assert_eq!(
-            metric(
-                &webhook,
-                &format!("jobset_restart_webhook_cluster_nodes{{state=\"{state}\"}}")
-            ),
+            webhook.metric(&format!(
+                "jobset_restart_webhook_cluster_nodes{{state=\"{state}\"}}"
+            )),
             Some(n),
             "{state}"
         );
     }
     assert_eq!(
-        metric(
-            &webhook,
+        webhook.metric(
             "jobset_restart_webhook_cluster_capability{capability=\"nodes_restart_all_containers\"}"
         ),
         Some(0.0)

@@ -20,7 +20,7 @@ use crate::addons::{TRAINER, start_trainer};
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::util::{TestTimer, at, wait_for};
 use crate::webhook::{Webhook, WebhookOptions};
-use crate::{any_failure_rules, create_ok};
+use crate::{assert_rules, create_ok, template};
 
 const STEP: Duration = Duration::from_secs(90);
 const APPLIED: &str = "/metadata/annotations/restart.jobset.dev~1applied";
@@ -61,28 +61,6 @@ fn train_job(name: &str, runtime: &str, suspend: bool) -> Value {
             "runtimeRef": {"name": runtime, "apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime"}
         }
     })
-}
-
-fn template(jobset: &Value) -> &Value {
-    at(jobset, "/spec/replicatedJobs/0/template/spec/template/spec")
-}
-
-/// The rules our webhook injected at CREATE, checked on a pod spec.
-fn assert_rules(pod_spec: &Value, what: &str) {
-    let container = &pod_spec["containers"][0];
-    assert_eq!(
-        container["restartPolicy"], "Never",
-        "{what}: the container restartPolicy is gone: {pod_spec:#}"
-    );
-    assert_eq!(
-        container["restartPolicyRules"],
-        any_failure_rules("RestartAllContainers"),
-        "{what}: the restartPolicyRules are gone or changed: {pod_spec:#}"
-    );
-    assert_eq!(
-        pod_spec["restartPolicy"], "Never",
-        "{what}: the pod restartPolicy is not ours: {pod_spec:#}"
-    );
 }
 
 /// Trainer's successful applies of the JobSet `ns/name` so far.
@@ -213,14 +191,7 @@ fn trainer_reapplies_keep_the_restart_rules_of_an_opted_in_namespace() {
         name: "trainer",
         ..ClusterOptions::default()
     });
-    let webhook = Webhook::start(
-        &cluster,
-        WebhookOptions {
-            targets: Some("jobsets".to_owned()),
-            config: None,
-        },
-    );
-    webhook.register(&cluster, None, "default");
+    let webhook = Webhook::start_registered(&cluster, WebhookOptions::targets("jobsets"));
     start_trainer(&cluster);
     let c = &cluster;
     let ns = c.namespace("trainer", &[("restart.jobset.dev/in-place", "enabled")]);

@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The repository root (where Cargo.toml is).
+/// The repository root (where the main crate's Cargo.toml is; this crate is `testkit/`).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit/ lies in the repository root")
+        .to_owned()
 }
 
 /// A free TCP port on 127.0.0.1 (bound, read back, closed). Another process may take it
@@ -138,6 +141,16 @@ pub fn jobset_containers(jobset: &Value) -> Vec<(String, Value)> {
 /// Whether `restartPolicyRules` occurs anywhere in `value`.
 pub fn mentions_rules(value: &Value) -> bool {
     value.to_string().contains("\"restartPolicyRules\"")
+}
+
+/// The text of a caught panic (`String` or `&str` payloads; "(no message)" otherwise), for a
+/// shared cluster that failed to start and must say why to every test that asks for it.
+pub fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 /// Prints a timing line (shown with `--nocapture`, and in the output of failed tests).

@@ -2,7 +2,6 @@
 //! dir, `serve` on 127.0.0.1 port 0 (ports learned from the JSON "listening" log line), a
 //! guard that kills the process on drop, HTTPS clients that trust only the test CA, a raw TLS
 //! client for byte-level tests, and a Prometheus text reader.
-#![allow(dead_code)]
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -19,7 +18,17 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_jobset-restart-webhook");
+/// The webhook binary, for `Command::new(BIN)`: see [`crate::webhook_bin`].
+#[derive(Clone, Copy, Debug)]
+pub struct Bin;
+
+pub const BIN: Bin = Bin;
+
+impl AsRef<std::ffi::OsStr> for Bin {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        crate::webhook_bin().as_os_str()
+    }
+}
 
 /// Runs `certs --out-dir dir`; returns the stdout (the base64 CA bundle, trimmed).
 pub fn write_certs(dir: &Path) -> String {

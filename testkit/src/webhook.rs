@@ -32,6 +32,16 @@ pub struct WebhookOptions {
     pub config: Option<PathBuf>,
 }
 
+impl WebhookOptions {
+    /// `--targets targets` (e.g. `jobsets,pods`), without a config file.
+    pub fn targets(targets: &str) -> Self {
+        Self {
+            targets: Some(targets.to_owned()),
+            config: None,
+        }
+    }
+}
+
 pub struct Webhook {
     proc: Proc,
     tracker: Arc<Tracker>,
@@ -58,7 +68,7 @@ impl Webhook {
         opts: WebhookOptions,
         extra_args: &[String],
     ) -> Webhook {
-        let exe = env!("CARGO_BIN_EXE_jobset-restart-webhook");
+        let exe = crate::webhook_bin();
         let n = fs::read_dir(&cluster.dir).map_or(0, |d| d.count());
         let dir = cluster.dir.join(format!("webhook-{n}"));
         fs::create_dir_all(&dir).expect("creating the webhook's folder");
@@ -166,6 +176,14 @@ impl Webhook {
         config
     }
 
+    /// [`Webhook::start`], then [`Webhook::register`] of the shipped configuration as is,
+    /// waiting in `default`: what most clusters do before their first create.
+    pub fn start_registered(cluster: &Cluster, opts: WebhookOptions) -> Webhook {
+        let webhook = Self::start(cluster, opts);
+        webhook.register(cluster, None, "default");
+        webhook
+    }
+
     /// Registers the shipped configuration (renamed to `name` if given) and waits until the
     /// API server calls the webhook for an opted-in JobSet (server-side dry run in
     /// `namespace`).
@@ -215,6 +233,17 @@ impl Webhook {
             Ok((200, body)) => body,
             other => panic!("GET /metrics on {}: {other:?}", self.admin),
         }
+    }
+
+    /// The value of the first sample whose line starts with `series` (name and labels).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
     }
 }
 

@@ -1,5 +1,4 @@
 //! AdmissionReview requests as kube-apiserver sends them, and helpers to read the answers.
-#![allow(dead_code)]
 
 use base64::Engine as _;
 use serde_json::{Value, json};

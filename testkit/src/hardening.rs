@@ -1,7 +1,6 @@
-//! Helpers of the hardening tests (tests/hostile.rs, tests/faults.rs): test certificates,
+//! Helpers of the hardening tests (tests/hostile/, tests/faults/, tests/client_auth.rs): test certificates,
 //! raw exchanges that tolerate a closed connection, memory figures from /proc, a steady-rate
 //! load client.
-#![allow(dead_code)]
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-use super::webhook_process::*;
+use crate::webhook_process::*;
 
 /// Every test runs under this bound, so a hang fails instead of stalling CI.
 pub async fn bounded<F: Future<Output = ()>>(secs: u64, f: F) {
@@ -49,6 +48,13 @@ impl Certs {
             "--tls-key".into(),
             self.key(),
         ]
+    }
+
+    /// Starts `serve` on these certificates with `extra` flags after them.
+    pub fn serve(&self, extra: &[&str]) -> Webhook {
+        let args = self.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Webhook::start(&[&args[..], extra].concat())
     }
 }
 

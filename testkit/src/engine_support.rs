@@ -1,5 +1,4 @@
-//! Helpers shared by the engine's integration tests.
-#![allow(dead_code)]
+//! Helpers of the engine's integration tests (tests/engine_golden.rs, tests/engine_properties.rs).
 
 use std::collections::BTreeSet;
 

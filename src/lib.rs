@@ -13,6 +13,5 @@ pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod engine;
-mod json_log;
 pub mod server;
 pub mod telemetry;

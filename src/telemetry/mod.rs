@@ -4,6 +4,8 @@
 //! `jobset_restart_webhook_`. Label values that a client controls (the review's kind and
 //! operation) are folded into a small fixed set, so nobody can grow the series without bound.
 
+mod json_log;
+
 use std::io::IsTerminal as _;
 use std::sync::atomic::AtomicU64;
 
@@ -45,7 +47,7 @@ pub fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_target(false);
     let _ = match format {
-        LogFormat::Json => builder.event_format(crate::json_log::JsonLines).try_init(),
+        LogFormat::Json => builder.event_format(json_log::JsonLines).try_init(),
         LogFormat::Text => builder
             .with_ansi(std::io::stderr().is_terminal())
             .try_init(),

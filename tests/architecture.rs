@@ -81,9 +81,15 @@ fn cycle(g: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
 fn rooms_import_each_other_one_way() {
     let g = graph();
     for (room, uses) in &g {
-        println!("{room} -> {}", uses.iter().cloned().collect::<Vec<_>>().join(" "));
+        println!(
+            "{room} -> {}",
+            uses.iter().cloned().collect::<Vec<_>>().join(" ")
+        );
     }
-    assert!(g.contains_key("engine") && g.contains_key("server"), "{g:?}");
+    assert!(
+        g.contains_key("engine") && g.contains_key("server"),
+        "{g:?}"
+    );
     assert_eq!(cycle(&g), None, "a cycle between rooms: {g:#?}");
     assert_eq!(
         g.get("engine").cloned().unwrap_or_default(),

@@ -1,4 +1,4 @@
-//! Property tests over generated JobSets and Pods (SPEC §4): the patch always applies, the
+//! Property tests over generated JobSets and Pods (README: Opting in): the patch always applies, the
 //! engine is idempotent, nothing outside the named fields changes, user-set container fields
 //! are never touched, and injected exit codes are sorted, unique and at most 255.
 
@@ -217,13 +217,13 @@ proptest! {
         // 2. idempotent
         let again = mutate_jobset(&out.to_string(), &ctx).map_err(|d| TestCaseError::fail(d.message))?;
         prop_assert!(again.patch.is_empty(), "second pass: {:?}", again.patch);
-        // 3. only additions, and only of the fields SPEC §4 names
+        // 3. only additions, and only of the fields the README (Opting in) names
         for path in changed_paths(&doc, &out) {
             prop_assert!(doc.pointer(&path).is_none(), "{path} existed and was changed");
             let allowed = path == "/metadata/annotations/restart.jobset.dev~1applied"
                 || (path == "/metadata/annotations" && doc["metadata"].get("annotations").is_none())
                 || (path.starts_with("/spec/replicatedJobs/") && is_restart_field(&path));
-            prop_assert!(allowed, "changed a field outside SPEC §4: {path}");
+            prop_assert!(allowed, "changed a field outside the restart fields: {path}");
             if path.ends_with("/restartPolicyRules") {
                 check_rules(&out, &path)?;
             }

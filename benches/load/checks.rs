@@ -72,8 +72,8 @@ pub fn smoke() {
     let servers = [
         start_floor(&pin, TLS_FLOOR, "tls", dir.path()),
         start_floor(&pin, PARSE_FLOOR, "parse", dir.path()),
-        start_webhook(&pin, WEBHOOK, dir.path()),
-        start_webhook(&pin, WEBHOOK_PARENT, dir.path()),
+        start_webhook(&pin, WEBHOOK, dir.path(), None),
+        start_webhook(&pin, WEBHOOK_PARENT, dir.path(), None),
     ];
     let rt = client_runtime();
     let bodies = [named_body("small"), body("pod", &bodies::pod())];

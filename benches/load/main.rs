@@ -42,6 +42,8 @@ use procfs::*;
 
 const WEBHOOK: &str = "webhook";
 const WEBHOOK_PARENT: &str = "webhook+parent";
+/// `--baseline EXE`: the same `serve` from an earlier build, loaded in the same rounds.
+const WEBHOOK_BEFORE: &str = "webhook (before)";
 const TLS_FLOOR: &str = "tls floor";
 const PARSE_FLOOR: &str = "parse floor";
 
@@ -69,6 +71,8 @@ struct Opts {
     /// machine (what dedicated cores would show; takes CPU from those jobs while it runs).
     priority: bool,
     json: PathBuf,
+    /// `--baseline EXE`: also load this binary's `serve` (an earlier build) as `webhook (before)`.
+    baseline: Option<PathBuf>,
 }
 
 impl Opts {
@@ -78,6 +82,7 @@ impl Opts {
             quick: false,
             priority: false,
             json: Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-load.json"),
+            baseline: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -86,6 +91,7 @@ impl Opts {
                 "--quick" => o.quick = true,
                 "--priority" => o.priority = true,
                 "--json" => o.json = it.next().expect("--json PATH").into(),
+                "--baseline" => o.baseline = Some(it.next().expect("--baseline EXE").into()),
                 other if other.starts_with("--") => {}
                 other => eprintln!("load: ignoring argument {other:?}"),
             }
@@ -105,8 +111,12 @@ fn bench(opts: &Opts) {
     let ca_pem = write_certs(dir.path());
     let tls = start_floor(&pin, TLS_FLOOR, "tls", dir.path());
     let parse = start_floor(&pin, PARSE_FLOOR, "parse", dir.path());
-    let webhook = start_webhook(&pin, WEBHOOK, dir.path());
-    let webhook_parent = start_webhook(&pin, WEBHOOK_PARENT, dir.path());
+    let webhook = start_webhook(&pin, WEBHOOK, dir.path(), None);
+    let webhook_parent = start_webhook(&pin, WEBHOOK_PARENT, dir.path(), None);
+    let before = opts
+        .baseline
+        .as_deref()
+        .map(|exe| start_webhook(&pin, WEBHOOK_BEFORE, dir.path(), Some(exe)));
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss = status_kib(webhook.pid(), "VmRSS");
     let idle_rss_parent = status_kib(webhook_parent.pid(), "VmRSS");
@@ -148,26 +158,29 @@ fn bench(opts: &Opts) {
         if is_pod {
             servers.push(&webhook_parent);
         }
+        servers.extend(before.as_ref());
         for s in &servers {
             reset_peak(s.pid());
         }
         for &c in conc {
             let sat = b.saturate(&servers, body, c);
             let floor_rps = sat.rps_of(PARSE_FLOOR);
-            let hooks: &[&str] = if is_pod {
-                &[WEBHOOK, WEBHOOK_PARENT]
-            } else {
-                &[WEBHOOK]
-            };
-            for hook in hooks {
+            let mut hooks = vec![WEBHOOK];
+            if is_pod {
+                hooks.push(WEBHOOK_PARENT);
+            }
+            if before.is_some() {
+                hooks.push(WEBHOOK_BEFORE);
+            }
+            for hook in &hooks {
                 let _ = writeln!(
                     sat_rows,
                     "| {}{} | {} | {c} | {:.0} | {:.0} | {:.0} | **{:.2}** ({:.2}) | **{:.2}** ({:.2}) | {:.1} / {:.1} / {:.1} | {:.0} % | {:.0} % |",
                     body.name,
-                    if *hook == WEBHOOK_PARENT {
-                        " (parent known)"
-                    } else {
-                        ""
+                    match *hook {
+                        WEBHOOK_PARENT => " (parent known)",
+                        WEBHOOK_BEFORE => " (before)",
+                        _ => "",
                     },
                     kib(body.json.len()),
                     sat.rps_of(TLS_FLOOR),
@@ -188,7 +201,7 @@ fn bench(opts: &Opts) {
                 let rate = floor_rps * f;
                 let mut cells = Vec::new();
                 let mut late: f64 = 0.0;
-                for s in &servers {
+                for s in servers.iter().filter(|s| s.name != WEBHOOK_BEFORE) {
                     let m = b.measure(s, body, c, Load::Rate(rate));
                     late = late.max(m.run.lateness.value_at_quantile(0.99) as f64 / 1000.0);
                     cells.push(if m.run.errors > 0 {
@@ -226,8 +239,14 @@ fn bench(opts: &Opts) {
     for n in [1usize, 10, 50, 200] {
         let body = named_body(&format!("grow-{n}"));
         let servers = [&tls, &parse, &webhook];
-        let sat = b.saturate(&servers, &body, 16);
+        let mut loaded = servers.to_vec();
+        loaded.extend(before.as_ref());
+        let sat = b.saturate(&loaded, &body, 16);
         let rate = sat.rps_of(PARSE_FLOOR) * 0.5;
+        let before_cpu = before
+            .as_ref()
+            .map(|_| format!(" (before: {:.0})", sat.cpu_us[sat.idx(WEBHOOK_BEFORE)]))
+            .unwrap_or_default();
         let mut p99 = Vec::new();
         for s in servers {
             let m = b.measure(s, &body, 16, Load::Rate(rate));
@@ -235,7 +254,7 @@ fn bench(opts: &Opts) {
         }
         let _ = writeln!(
             growth_rows,
-            "| {n} | {} | {:.0} | {:.0} | {:.0} | {:.2} ({:.2}) | {:.2} ({:.2}) | {:.0} / {:.0} / {:.0} | {} |",
+            "| {n} | {} | {:.0} | {:.0} | {:.0} | {:.2} ({:.2}) | {:.2} ({:.2}) | {:.0} / {:.0} / {:.0}{before_cpu} | {} |",
             kib(body.json.len()),
             sat.rps_of(TLS_FLOOR),
             sat.rps_of(PARSE_FLOOR),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use testkit::util::free_port;
 
-use crate::WEBHOOK;
+use crate::WEBHOOK_PARENT;
 
 /// Core pinning: servers on core 0, the load generator on core 1.
 pub struct Pinning {
@@ -128,11 +128,20 @@ pub fn start_floor(pin: &Pinning, name: &'static str, mode: &str, certs: &Path) 
     }
 }
 
-pub fn start_webhook(pin: &Pinning, name: &'static str, certs: &Path) -> Server {
+/// Starts `serve` of this build (`webhook`), of another binary (`exe`: an earlier build, for a
+/// before/after comparison in the same run), or the library's `serve()` with a parent-aware
+/// cluster view (`webhook+parent`).
+pub fn start_webhook(
+    pin: &Pinning,
+    name: &'static str,
+    certs: &Path,
+    exe: Option<&Path>,
+) -> Server {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let cmd = if name == WEBHOOK {
-        let mut c = pin.server_command(Path::new(env!("CARGO_BIN_EXE_jobset-restart-webhook")));
+    let cmd = if name != WEBHOOK_PARENT {
+        let exe = exe.unwrap_or(Path::new(env!("CARGO_BIN_EXE_jobset-restart-webhook")));
+        let mut c = pin.server_command(exe);
         c.arg("serve")
             .arg(format!("--listen={addr}"))
             .arg(format!("--tls-cert={}", certs.join("tls.crt").display()))

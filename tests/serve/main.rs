@@ -109,7 +109,7 @@ async fn reviews_over_tls() {
         ]);
         let c = w.client(&[&certs.ca]);
 
-        // An opted-in JobSet CREATE gets a base64 JSON Patch that does what SPEC §4 says.
+        // An opted-in JobSet CREATE gets a base64 JSON Patch that does what the README (Opting in) says.
         let js = jobset(&[(IN_PLACE, "enabled")]);
         let answer = post_review(&c, &w, &review("uid-create", "CREATE", &js)).await;
         let r = response(&answer, "uid-create");

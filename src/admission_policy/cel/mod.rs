@@ -2,7 +2,7 @@
 //! MutatingAdmissionPolicy and a ValidatingAdmissionPolicy.
 //!
 //! Every expression here mirrors one function of `engine` and says which; the differential
-//! e2e test (tests/e2e/differential.rs) holds them to the same stored objects and the same
+//! e2e test (tests/e2e/differential/) holds them to the same stored objects and the same
 //! denial texts. Kubernetes CEL has no functions and no `let`, so repeated parts are built by
 //! the Rust helpers below, and `[x].map(v, body)[0]` stands in for a binding of `v` to `x`.
 //! The environment is Kubernetes 1.36's: strings v2 (`split`, `trim`, `join`, `indexOf`),

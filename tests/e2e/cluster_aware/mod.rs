@@ -1,4 +1,4 @@
-//! Cluster-aware `serve` and `check` (SPEC §4 pods, §5, §6, §7) on real control planes:
+//! Cluster-aware `serve` and `check` (the pod target, namespace defaults, capabilities, readiness; README) on real control planes:
 //! namespace defaults from the namespace cache, the pod target resolving parents from the
 //! JobSet cache, capability detection (dry-run Pods, the JobSet CRD's schema) feeding the
 //! default action and denials, `/readyz` and metrics, the `check` subcommand, and the

@@ -1,9 +1,6 @@
 //! The `jobset-restart-webhook` binary: parses the command line and calls into the library.
 #![forbid(unsafe_code)]
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

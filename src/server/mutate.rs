@@ -79,8 +79,7 @@ pub(crate) async fn mutate(State(app): State<Arc<App>>, req: Request) -> Respons
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        let reason = format!("the body is larger than the {MAX_BODY} byte limit");
-        return reject(StatusCode::PAYLOAD_TOO_LARGE, reason, true);
+        return reject(StatusCode::PAYLOAD_TOO_LARGE, too_large(), true);
     }
     let hint = declared.map_or(INITIAL_CAPACITY, |n| (n as usize).min(INITIAL_CAPACITY));
 
@@ -96,8 +95,7 @@ pub(crate) async fn mutate(State(app): State<Arc<App>>, req: Request) -> Respons
             return reject(StatusCode::REQUEST_TIMEOUT, reason, true);
         }
         Ok(Err(BodyError::TooLarge)) => {
-            let reason = format!("the body is larger than the {MAX_BODY} byte limit");
-            return reject(StatusCode::PAYLOAD_TOO_LARGE, reason, true);
+            return reject(StatusCode::PAYLOAD_TOO_LARGE, too_large(), true);
         }
         Ok(Err(BodyError::Read(e))) => {
             return reject(
@@ -141,6 +139,11 @@ pub(crate) async fn mutate(State(app): State<Arc<App>>, req: Request) -> Respons
         }
         Err(bad) => reject(StatusCode::BAD_REQUEST, bad.to_string(), false),
     }
+}
+
+/// The 413 reason, whether the declared length or the bytes read passed the limit.
+fn too_large() -> String {
+    format!("the body is larger than the {MAX_BODY} byte limit")
 }
 
 /// `application/json`, any case, optionally with parameters (`; charset=utf-8`).

@@ -172,14 +172,38 @@ impl<'a> RequestIn<'a> {
     }
 }
 
+/// Which webhook registration sent a request, told by the path the API server called: each
+/// registration's selectors establish facts the review can rely on (the registrations are in
+/// manifests/base/mutatingwebhookconfiguration.yaml).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Via {
+    /// `/mutate`: nothing beyond the request itself.
+    #[default]
+    Mutate,
+    /// `/mutate/namespace-default`: the registration's namespaceSelector matched
+    /// `restart.jobset.dev/in-place In (enabled, true)` when the API server admitted the
+    /// request, so the namespace opted in whatever the webhook's namespace cache shows.
+    NamespaceDefault,
+}
+
 /// Answers one review body: [`decode`], [`decide`], encode.
 pub fn review(
     body: &[u8],
     config: &Config,
     cluster: &dyn ClusterView,
 ) -> Result<Answer, BadReview> {
+    review_via(body, config, cluster, Via::Mutate)
+}
+
+/// [`review`] of a request that came through the registration `via`.
+pub fn review_via(
+    body: &[u8],
+    config: &Config,
+    cluster: &dyn ClusterView,
+    via: Via,
+) -> Result<Answer, BadReview> {
     let req = decode(body)?;
-    let decision = decide(&req, config, cluster);
+    let decision = decide_via(&req, config, cluster, via);
     Ok(encode(req, decision))
 }
 
@@ -211,6 +235,16 @@ pub fn decide(
     config: &Config,
     cluster: &dyn ClusterView,
 ) -> Result<Mutation, Denial> {
+    decide_via(req, config, cluster, Via::Mutate)
+}
+
+/// [`decide`] for a request that came through the registration `via`.
+pub fn decide_via(
+    req: &RequestIn<'_>,
+    config: &Config,
+    cluster: &dyn ClusterView,
+    via: Via,
+) -> Result<Mutation, Denial> {
     let Some(object) = req.object else {
         return Ok(Mutation::default());
     };
@@ -226,10 +260,18 @@ pub fn decide(
         ("UPDATE", Some(old)) if is_jobset => Some(old),
         _ => return Ok(Mutation::default()),
     };
-    let labels = cluster.namespace_labels(namespace);
+    // The namespace cache is asked only where no registration has decided: a namespace
+    // label `disabled` under a cluster-wide default, and pods.
+    let namespace_opted_in = via == Via::NamespaceDefault;
+    let labels = if namespace_opted_in {
+        None
+    } else {
+        cluster.namespace_labels(namespace)
+    };
     let ctx = Environment {
         config,
         namespace_labels: labels.as_deref(),
+        namespace_opted_in,
         facts: cluster.facts(),
     };
     if let Some(old) = old_object {

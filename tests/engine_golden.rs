@@ -151,6 +151,7 @@ fn golden_jobsets() {
     let ctx = Environment {
         config: &config,
         namespace_labels: None,
+        namespace_opted_in: false,
         facts: ClusterFacts::default(),
     };
     for case in cases() {
@@ -199,6 +200,7 @@ fn injected_rule_shapes_are_the_api_shape() {
     let ctx = Environment {
         config: &config,
         namespace_labels: None,
+        namespace_opted_in: false,
         facts: ClusterFacts::default(),
     };
     let doc = yaml_docs(&fixture("jobsets/multi.yaml")).remove(0);
@@ -229,6 +231,7 @@ fn golden_pod_resolves_from_its_parent() {
     let ctx = Environment {
         config: &config,
         namespace_labels: None,
+        namespace_opted_in: false,
         facts: ClusterFacts::default(),
     };
     let pod = &docs[1];
@@ -278,6 +281,7 @@ fn namespace_label_enables_unannotated_jobset() {
     let ctx = Environment {
         config: &config,
         namespace_labels: Some(&labels),
+        namespace_opted_in: false,
         facts: ClusterFacts::default(),
     };
     let doc = yaml_docs(&fixture("jobsets/disabled.yaml")).remove(0);
@@ -294,6 +298,7 @@ fn invalid_annotations_are_denied_with_422_and_the_message() {
     let ctx = Environment {
         config: &config,
         namespace_labels: None,
+        namespace_opted_in: false,
         facts: ClusterFacts::default(),
     };
     let mut doc = yaml_docs(&fixture("jobsets/single.yaml")).remove(0);
@@ -342,6 +347,7 @@ fn pruning_crd_with_pod_target_leaves_the_containers_to_the_pods() {
     let ctx = Environment {
         config: &config,
         namespace_labels: None,
+        namespace_opted_in: false,
         facts: facts.clone(),
     };
     let doc = yaml_docs(&fixture("jobsets/single.yaml")).remove(0);
@@ -382,6 +388,7 @@ fn pruning_crd_with_pod_target_leaves_the_containers_to_the_pods() {
     let ctx = Environment {
         config: &config,
         namespace_labels: None,
+        namespace_opted_in: false,
         facts,
     };
     let m = mutate_jobset(&doc.to_string(), &ctx).expect("allowed");

@@ -10,7 +10,8 @@ use super::{Denial, DenialReason, Environment, Mutation};
 
 /// Mutates a JobSet CREATE. `raw` is the JSON of `request.object`.
 pub fn mutate_jobset(raw: &str, env: &Environment<'_>) -> Result<Mutation, Denial> {
-    let (namespace, ns_warning) = resolve::namespace_default(env.namespace_labels);
+    let (namespace, ns_warning) =
+        resolve::namespace_default(env.namespace_labels, env.namespace_opted_in);
     let doc: JobSetDoc<'_> = match serde_json::from_str(raw) {
         Ok(d) => d,
         Err(e) => return unreadable_jobset(raw, &e, namespace, env),

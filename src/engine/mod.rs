@@ -45,6 +45,11 @@ pub struct Environment<'a> {
     pub config: &'a Config,
     /// The labels of the object's namespace; `None` when unknown.
     pub namespace_labels: Option<&'a BTreeMap<String, String>>,
+    /// The API server has established that the namespace is labelled
+    /// `restart.jobset.dev/in-place=enabled` (or `true`): the request came through the
+    /// `namespace-default` webhook, whose namespaceSelector says so. It decides over
+    /// `namespace_labels`, which come from a cache that may not have seen the label yet.
+    pub namespace_opted_in: bool,
     pub facts: ClusterFacts,
 }
 

@@ -85,7 +85,7 @@ fn plan_pod(
     if !listed && rj.settings.in_place.is_none() {
         return Ok(());
     }
-    let (namespace, _) = resolve::namespace_default(env.namespace_labels);
+    let (namespace, _) = resolve::namespace_default(env.namespace_labels, env.namespace_opted_in);
     // Read before the decision (its nodeSelector picks the nodes that count); an unreadable
     // spec matters only when in-place restart applies.
     let spec: Option<Result<PodSpec<'_>, String>> = head.spec.map(|raw| {

@@ -74,11 +74,17 @@ pub struct Inputs<'a> {
     pub node_selector: &'a [(&'a str, &'a str)],
 }
 
-/// Reads the namespace default from a namespace's labels. A label value that is not one of
-/// ours is the admin's mistake, not the user's: it is ignored with a warning.
+/// Reads the namespace default: `enabled` when the API server's namespaceSelector already
+/// established it (`opted_in`, see [`crate::engine::Environment`]), else from the namespace's
+/// labels. A label value that is not one of ours is the admin's mistake, not the user's: it
+/// is ignored with a warning.
 pub fn namespace_default(
     labels: Option<&BTreeMap<String, String>>,
+    opted_in: bool,
 ) -> (Option<InPlace>, Option<String>) {
+    if opted_in {
+        return (Some(InPlace::Enabled), None);
+    }
     let Some(value) = labels.and_then(|l| l.get(NAMESPACE_LABEL)) else {
         return (None, None);
     };

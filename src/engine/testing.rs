@@ -10,6 +10,7 @@ pub(super) fn env(config: &Config) -> Environment<'_> {
     Environment {
         config,
         namespace_labels: None,
+        namespace_opted_in: false,
         facts: ClusterFacts::default(),
     }
 }

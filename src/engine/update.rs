@@ -261,6 +261,7 @@ mod tests {
         Environment {
             config,
             namespace_labels: None,
+            namespace_opted_in: false,
             facts: ClusterFacts::default(),
         }
     }

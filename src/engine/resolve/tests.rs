@@ -470,12 +470,32 @@ fn without_nodes_the_api_server_decides() {
 #[test]
 fn namespace_label_values() {
     let mut labels = BTreeMap::new();
-    assert_eq!(namespace_default(None), (None, None));
-    assert_eq!(namespace_default(Some(&labels)), (None, None));
+    assert_eq!(namespace_default(None, false), (None, None));
+    assert_eq!(namespace_default(Some(&labels), false), (None, None));
     labels.insert(NAMESPACE_LABEL.to_owned(), "enabled".to_owned());
-    assert_eq!(namespace_default(Some(&labels)).0, Some(InPlace::Enabled));
+    assert_eq!(
+        namespace_default(Some(&labels), false).0,
+        Some(InPlace::Enabled)
+    );
     labels.insert(NAMESPACE_LABEL.to_owned(), "on".to_owned());
-    let (v, w) = namespace_default(Some(&labels));
+    let (v, w) = namespace_default(Some(&labels), false);
     assert_eq!(v, None);
     assert!(w.unwrap().contains("is ignored"));
+}
+
+/// Through the namespace-default webhook the API server's namespaceSelector decides: the
+/// cache's labels (unknown, or stale: a label set moments ago, or one it still shows as
+/// something else) do not.
+#[test]
+fn namespace_opted_in_by_the_api_server_wins_over_the_cache() {
+    assert_eq!(
+        namespace_default(None, true),
+        (Some(InPlace::Enabled), None)
+    );
+    let mut labels = BTreeMap::new();
+    labels.insert(NAMESPACE_LABEL.to_owned(), "disabled".to_owned());
+    assert_eq!(
+        namespace_default(Some(&labels), true),
+        (Some(InPlace::Enabled), None)
+    );
 }

@@ -2,7 +2,9 @@
 //! template (README: Opting in).
 
 use super::annotations::{self, APPLIED, AnnotationError, Annotations, Scope, quote};
-use super::applied::{Applied, MAX_CHANGED_CONTAINERS, add_applied};
+use super::applied::{
+    Applied, MAX_CHANGED_CONTAINERS, MAX_CONTAINERS, MAX_REPLICATED_JOBS, add_applied,
+};
 use super::containers::{Target, never, plan_pod_spec};
 use super::resolve::{self, ContainersFrom, Decision, Inputs};
 use super::view::{Head, JobSetDoc, JobSetSpec, PodSpec, StrMap, pod_spec_pointer};
@@ -62,6 +64,8 @@ pub fn mutate_jobset(raw: &str, env: &Environment<'_>) -> Result<Mutation, Denia
         }
     }
 
+    check_bounds(&spec, &jobset, &rjob_annotations, namespace, env)?;
+
     let mut applied = Applied::default();
     let mut any_enabled = false;
     let mut lists: Vec<NamedList<'_>> = Vec::new();
@@ -74,11 +78,7 @@ pub fn mutate_jobset(raw: &str, env: &Environment<'_>) -> Result<Mutation, Denia
         .enumerate()
     {
         let name = rj.name.as_deref().unwrap_or_default();
-        let listed = jobset
-            .replicated_jobs
-            .as_ref()
-            .is_none_or(|l| l.iter().any(|n| n == name));
-        if !listed && rj_ann.settings.in_place.is_none() {
+        if !listed(&jobset, name) && rj_ann.settings.in_place.is_none() {
             continue;
         }
         let pod_spec = rj.pod_spec();
@@ -212,6 +212,89 @@ pub fn mutate_jobset(raw: &str, env: &Environment<'_>) -> Result<Mutation, Denia
     }
     out.summary = Some(summary);
     Ok(out)
+}
+
+/// Bounds before work (README: Opting in, "Bounds"): the replicated jobs that get in-place
+/// restart, and the containers and init containers of their pod templates, are counted
+/// before any replicated job is planned, from the list lengths alone. A replicated job whose
+/// preset the config lacks ends the count: the planning loop refuses it (or one before it)
+/// with that error, as the validating policy does (`admission_policy::cel`, `bounds`).
+fn check_bounds(
+    spec: &JobSetSpec<'_>,
+    jobset: &Annotations,
+    rjob_annotations: &[Annotations],
+    namespace: Option<annotations::InPlace>,
+    env: &Environment<'_>,
+) -> Result<(), Denial> {
+    let (mut rjobs, mut containers) = (0usize, 0usize);
+    for (rj, rj_ann) in spec.replicated_jobs.iter().zip(rjob_annotations) {
+        let name = rj.name.as_deref().unwrap_or_default();
+        if !listed(jobset, name) && rj_ann.settings.in_place.is_none() {
+            continue;
+        }
+        let inputs = Inputs {
+            jobset,
+            replicated_job: Some((name, rj_ann)),
+            namespace,
+            config: env.config,
+            facts: &env.facts,
+            node_selector: &[],
+        };
+        match resolve::enabled(&inputs) {
+            Err(_) => return Ok(()),
+            Ok(false) => continue,
+            Ok(true) => {}
+        }
+        rjobs += 1;
+        if rjobs > MAX_REPLICATED_JOBS {
+            return Err(Denial {
+                reason: DenialReason::Invalid,
+                message: too_many_replicated_jobs(spec.replicated_jobs.len()),
+            });
+        }
+        if let Some(ps) = rj.pod_spec() {
+            containers += ps.containers.as_ref().map_or(0, Vec::len)
+                + ps.init_containers.as_ref().map_or(0, Vec::len);
+        }
+    }
+    if containers > MAX_CONTAINERS {
+        return Err(Denial {
+            reason: DenialReason::Invalid,
+            message: too_many_containers(containers),
+        });
+    }
+    Ok(())
+}
+
+/// The denial of a JobSet of `total` replicated jobs, more than [`MAX_REPLICATED_JOBS`] of
+/// which get in-place restart.
+pub fn too_many_replicated_jobs(total: usize) -> String {
+    format!(
+        "in-place restart would apply to more than {MAX_REPLICATED_JOBS} of this JobSet's \
+         {total} replicated jobs, more than the webhook reviews in one JobSet; select the \
+         replicated jobs that need it with {} (replicated job names) or their own {}",
+        annotations::REPLICATED_JOBS,
+        annotations::IN_PLACE
+    )
+}
+
+/// The denial of a JobSet whose replicated jobs that get in-place restart have `containers`
+/// containers and init containers in all, more than [`MAX_CONTAINERS`].
+pub fn too_many_containers(containers: usize) -> String {
+    format!(
+        "in-place restart would apply to replicated jobs with {containers} containers and \
+         init containers in all, more than the {MAX_CONTAINERS} the webhook reads in one \
+         JobSet; select the replicated jobs that need it with {} (replicated job names)",
+        annotations::REPLICATED_JOBS
+    )
+}
+
+/// Whether the JobSet's `replicated-jobs` list (absent: all) names `rjob`.
+fn listed(jobset: &Annotations, rjob: &str) -> bool {
+    jobset
+        .replicated_jobs
+        .as_ref()
+        .is_none_or(|l| l.iter().any(|n| n == rjob))
 }
 
 /// A replicated job that names its containers, and the containers and init containers its

@@ -31,7 +31,7 @@ mod view;
 
 pub use annotations::{Action, AnnotationError, ExitCodes, InPlace, Operator};
 pub use config::{Config, ConfigError, Targets};
-pub use jobset::mutate_jobset;
+pub use jobset::{mutate_jobset, too_many_containers, too_many_replicated_jobs};
 pub use nodes::{NodeInfo, Nodes};
 pub use parent::ParentJobSet;
 pub use patch::Patch;

@@ -95,11 +95,12 @@ pub fn namespace_default(
     }
 }
 
-/// Resolves the decision for one replicated job. Warnings are appended to `warnings`.
-pub fn resolve(
-    inputs: &Inputs<'_>,
-    warnings: &mut Vec<String>,
-) -> Result<Decision, AnnotationError> {
+/// The preset that applies (named on the replicated job, else on the JobSet) and where it
+/// was named, or the error for a preset the config does not define.
+#[allow(clippy::type_complexity)]
+fn preset<'a>(
+    inputs: &Inputs<'a>,
+) -> Result<(Option<&'a str>, Option<Scope>, Option<&'a Settings>), AnnotationError> {
     let rjob = inputs.replicated_job.map(|(_, a)| a);
     // A preset named on the replicated job replaces one named on the JobSet.
     let (preset_name, preset_scope) = match rjob.and_then(|a| a.preset.as_deref()) {
@@ -134,6 +135,40 @@ pub fn resolve(
             }
         },
     };
+    Ok((preset_name, preset_scope, preset))
+}
+
+/// The explicit `in-place` (replicated job, JobSet, preset, highest first), and the value
+/// after the namespace label and the cluster config.
+fn in_place_of(inputs: &Inputs<'_>, preset: Option<&Settings>) -> (Option<InPlace>, InPlace) {
+    let explicit = [
+        inputs.replicated_job.map(|(_, a)| &a.settings),
+        Some(&inputs.jobset.settings),
+        preset,
+    ];
+    let explicit_in_place = explicit.iter().flatten().find_map(|s| s.in_place);
+    let in_place = explicit_in_place
+        .or(inputs.namespace)
+        .or(inputs.config.defaults.in_place)
+        .unwrap_or(InPlace::Disabled);
+    (explicit_in_place, in_place)
+}
+
+/// Whether in-place restart applies to this replicated job: [`resolve`]'s first step alone,
+/// with no node lookup and no warning, so that a JobSet can be measured against its bounds
+/// before any replicated job is planned. The error is [`resolve`]'s for the same inputs.
+pub fn enabled(inputs: &Inputs<'_>) -> Result<bool, AnnotationError> {
+    let (_, _, preset) = preset(inputs)?;
+    Ok(in_place_of(inputs, preset).1 == InPlace::Enabled)
+}
+
+/// Resolves the decision for one replicated job. Warnings are appended to `warnings`.
+pub fn resolve(
+    inputs: &Inputs<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<Decision, AnnotationError> {
+    let rjob = inputs.replicated_job.map(|(_, a)| a);
+    let (preset_name, preset_scope, preset) = preset(inputs)?;
 
     // The explicit layers, in precedence order; `None` entries are skipped.
     let explicit: [Option<&Settings>; 3] = [
@@ -143,11 +178,7 @@ pub fn resolve(
     ];
     let pick = |f: &dyn Fn(&Settings) -> bool| explicit.iter().flatten().copied().find(|s| f(s));
 
-    let explicit_in_place = explicit.iter().flatten().find_map(|s| s.in_place);
-    let in_place = explicit_in_place
-        .or(inputs.namespace)
-        .or(inputs.config.defaults.in_place)
-        .unwrap_or(InPlace::Disabled);
+    let (explicit_in_place, in_place) = in_place_of(inputs, preset);
     if in_place == InPlace::Disabled {
         // Naming a preset while a default disables in-place restart is likely a surprise;
         // an explicit `disabled` is not.

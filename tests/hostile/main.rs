@@ -134,7 +134,8 @@ async fn hostile_input_catalog() {
 
 /// The JobSet that made a 48 MB answer and ~100 MiB of peak memory per review: 90k
 /// containers in 2.7 MB (under the API server's 3 MiB request limit). Four at once, each on
-/// its own connection: every one is refused (422) with a short answer, and the server's peak
+/// its own connection: every one is refused (422, by the bound on the containers a review
+/// reads) with a short answer, and the server's peak
 /// memory stays far from the Deployment's 128 MiB limit (it was 370 MiB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wide_jobsets_are_refused_with_a_bounded_answer() {
@@ -168,7 +169,11 @@ async fn wide_jobsets_are_refused_with_a_bounded_answer() {
             let r = response(&a, "wide-90k");
             assert_eq!(r["allowed"], false, "{a}");
             assert_eq!(r["status"]["code"], 422, "{a}");
-            assert_eq!(r["status"]["message"], too_many(90_000), "{a}");
+            assert_eq!(
+                r["status"]["message"],
+                jobset_restart_webhook::engine::too_many_containers(90_000),
+                "{a}"
+            );
             assert!(r.get("patch").is_none(), "{a}");
             let Reply::Http(_, body) = &reply else {
                 unreachable!()

@@ -28,6 +28,7 @@ pub mod resolve;
 mod testing;
 pub mod update;
 mod view;
+pub mod warnings;
 
 pub use annotations::{Action, AnnotationError, ExitCodes, InPlace, Operator};
 pub use config::{Config, ConfigError, Targets};
@@ -52,6 +53,7 @@ pub struct Environment<'a> {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Mutation {
     pub patch: Patch,
+    /// At most [`warnings::MAX_WARNINGS`], the last one counting the rest.
     pub warnings: Vec<String>,
     /// What was injected, e.g. `workers/trainer=RestartAllContainers:NotIn(0)`; `None` when
     /// in-place restart does not apply to this object.

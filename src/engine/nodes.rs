@@ -12,8 +12,9 @@
 //! the best guess. Node affinity, taints and tolerations are not considered: they would
 //! need the scheduler's full logic, and `nodeSelector` is how JobSets pick a pool.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The name a node declares in `status.declaredFeatures` when its kubelet can restart all
 /// containers of a pod in place.
@@ -29,41 +30,55 @@ pub struct NodeInfo {
     pub declares: bool,
 }
 
-/// The cluster's nodes at one moment, with the cluster-wide counts precomputed.
-///
-/// A snapshot never changes (the watch builds a new one), so the answer for a
-/// `nodeSelector` is kept: a pass over 5,000 nodes took ~0.7 ms, a kept answer a hash
-/// lookup (docs/BENCHMARKS.md). At most [`MEMO`] selectors are kept per snapshot, so that
-/// JobSets with ever new selectors cannot grow it; beyond that each pays the pass.
-#[derive(Debug, Default)]
+/// The cluster's nodes at one moment, with the cluster-wide counts precomputed. A snapshot
+/// never changes (the watch builds a new one) and keeps no state of its own: the answers for
+/// `nodeSelector`s are kept per review ([`Memo`]), so that one review with ever new selectors
+/// cannot fill a memo that every other review shares.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Nodes {
     nodes: Vec<Arc<NodeInfo>>,
     schedulable: usize,
     declaring: usize,
-    memo: Mutex<HashMap<Vec<(String, String)>, Support>>,
 }
 
-/// Selectors whose answer a snapshot keeps.
-pub const MEMO: usize = 256;
+/// The node answers of one review, per `nodeSelector`: a JobSet whose replicated jobs share a
+/// node pool pays one pass over the nodes for all of them (a pass over 5,000 nodes took
+/// ~0.5 ms, docs/BENCHMARKS.md "Node awareness"). It holds at most one answer per replicated
+/// job the review plans, which the bound on those ([`super::applied::MAX_REPLICATED_JOBS`])
+/// bounds, and it ends with the review.
+#[derive(Debug, Default)]
+pub struct Memo {
+    answers: RefCell<HashMap<Vec<(String, String)>, Support>>,
+}
 
-impl Clone for Nodes {
-    fn clone(&self) -> Self {
-        Self {
-            nodes: self.nodes.clone(),
-            schedulable: self.schedulable,
-            declaring: self.declaring,
-            memo: Mutex::default(),
+impl Memo {
+    /// [`Nodes::support`], each distinct selector worked out once.
+    pub fn support(&self, nodes: &Nodes, node_selector: &[(&str, &str)]) -> Support {
+        if node_selector.is_empty() {
+            return nodes.support(node_selector);
         }
+        let key: Vec<(String, String)> = node_selector
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let kept = self.answers.borrow().get(&key).copied();
+        if let Some(s) = kept {
+            return s;
+        }
+        let found = nodes.support(node_selector);
+        self.answers.borrow_mut().insert(key, found);
+        found
+    }
+
+    /// Selectors worked out so far.
+    pub fn len(&self) -> usize {
+        self.answers.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
-
-impl PartialEq for Nodes {
-    fn eq(&self, other: &Self) -> bool {
-        self.nodes == other.nodes
-    }
-}
-
-impl Eq for Nodes {}
 
 /// How many nodes a pod template can land on, and how many of those declare [`FEATURE`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +118,6 @@ impl Nodes {
             schedulable: usable().count(),
             declaring: usable().filter(|n| n.declares).count(),
             nodes,
-            memo: Mutex::default(),
         }
     }
 
@@ -132,21 +146,7 @@ impl Nodes {
         if node_selector.is_empty() {
             return cluster;
         }
-        let key: Vec<(String, String)> = node_selector
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        // A panic cannot leave the map half-written; a poisoned lock is still usable.
-        let memo = || self.memo.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = memo().get(&key) {
-            return *s;
-        }
-        let found = self.scan(node_selector, cluster);
-        let mut m = memo();
-        if m.len() < MEMO {
-            m.insert(key, found);
-        }
-        found
+        self.scan(node_selector, cluster)
     }
 
     fn scan(&self, node_selector: &[(&str, &str)], cluster: Support) -> Support {
@@ -216,21 +216,28 @@ mod tests {
         let none = nodes.support(&[("pool", "gpu"), ("zone", "a")]);
         assert_eq!(none, all, "no node in the pool: the cluster stands in");
         assert_eq!(nodes.support(&[("pool", "tpu")]), all);
-        // kept answers are the same answers
-        assert_eq!(nodes.support(&[("pool", "cpu")]), cpu);
-        assert_eq!(nodes.memo.lock().unwrap().len(), 4);
     }
 
     #[test]
-    fn the_memo_is_bounded() {
-        let nodes = Nodes::new(vec![node("gpu", true, false)]);
-        for i in 0..MEMO + 10 {
-            let v = i.to_string();
-            nodes.support(&[("pool", &v)]);
+    fn a_review_works_out_each_selector_once_and_keeps_nothing_in_the_snapshot() {
+        let nodes = Nodes::new(vec![node("gpu", true, false), node("cpu", false, false)]);
+        let shared = nodes.clone();
+        let memo = Memo::default();
+        for i in 0..1000 {
+            let v = if i % 2 == 0 { "gpu" } else { "cpu" };
+            let s = memo.support(&nodes, &[("pool", v)]);
+            assert_eq!(s, nodes.support(&[("pool", v)]));
         }
-        assert_eq!(nodes.memo.lock().unwrap().len(), MEMO);
-        assert!(nodes.support(&[("pool", "gpu")]).all(), "still answered");
-        assert_eq!(nodes.clone(), nodes);
+        assert_eq!(memo.len(), 2, "one answer per distinct selector");
+        for i in 0..1000 {
+            let v = i.to_string();
+            memo.support(&nodes, &[("pool", &v)]);
+        }
+        assert_eq!(memo.len(), 1002);
+        drop(memo);
+        // The snapshot the other reviews share is as it was: nothing of this review is in it.
+        assert_eq!(nodes, shared);
+        assert_eq!(Memo::default().support(&nodes, &[]), nodes.support(&[]));
     }
 
     #[test]

@@ -10,7 +10,8 @@ use super::annotations::{
     Settings, quote,
 };
 use super::config::Config;
-use super::nodes::{FEATURE, Nodes, Support};
+use super::nodes::{FEATURE, Memo, Nodes, Support};
+use super::warnings::Warnings;
 
 /// What the webhook knows about the cluster it runs in. `None` means "not probed" (offline
 /// `mutate`, or `serve` without credentials); the engine then trusts the config.
@@ -28,13 +29,15 @@ pub struct ClusterFacts {
 /// The label on a Namespace that sets the default for JobSets in it.
 pub const NAMESPACE_LABEL: &str = IN_PLACE;
 
-/// The rule to inject into one pod spec.
+/// The rule to inject into one pod spec. The container list is borrowed from the annotation,
+/// preset or config that wrote it: one list that applies to many replicated jobs is never
+/// copied per replicated job.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Resolved {
+pub struct Resolved<'a> {
     pub action: Action,
     pub exit_codes: ExitCodes,
     /// `None`: every regular container. `Some`: exactly the named containers and sidecars.
-    pub containers: Option<Vec<String>>,
+    pub containers: Option<&'a [String]>,
     /// Where `containers` was written, so that a name that matches nothing can be blamed on
     /// the annotation, preset or config that wrote it.
     pub containers_from: ContainersFrom,
@@ -57,21 +60,24 @@ pub enum ContainersFrom {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub enum Decision<'a> {
     Disabled,
-    Enabled(Resolved),
+    Enabled(Resolved<'a>),
 }
 
-/// The inputs of one resolution.
-pub struct Inputs<'a> {
+/// The inputs of one resolution: what a decision borrows (`'a`: annotations, config) and
+/// what it only reads (`'n`: the node selector and the review's node answers).
+pub struct Inputs<'a, 'n> {
     pub jobset: &'a Annotations,
     /// `None` for a pod whose replicated job is unknown, or has no annotations.
     pub replicated_job: Option<(&'a str, &'a Annotations)>,
     pub namespace: Option<InPlace>,
     pub config: &'a Config,
-    pub facts: &'a ClusterFacts,
+    pub facts: &'n ClusterFacts,
     /// The pod template's (or pod's) `nodeSelector`: the node pool it runs in.
-    pub node_selector: &'a [(&'a str, &'a str)],
+    pub node_selector: &'n [(&'n str, &'n str)],
+    /// The node answers of this review, per `nodeSelector`.
+    pub memo: &'n Memo,
 }
 
 /// Reads the namespace default from a namespace's labels. A label value that is not one of
@@ -99,7 +105,7 @@ pub fn namespace_default(
 /// was named, or the error for a preset the config does not define.
 #[allow(clippy::type_complexity)]
 fn preset<'a>(
-    inputs: &Inputs<'a>,
+    inputs: &Inputs<'a, '_>,
 ) -> Result<(Option<&'a str>, Option<Scope>, Option<&'a Settings>), AnnotationError> {
     let rjob = inputs.replicated_job.map(|(_, a)| a);
     // A preset named on the replicated job replaces one named on the JobSet.
@@ -140,7 +146,7 @@ fn preset<'a>(
 
 /// The explicit `in-place` (replicated job, JobSet, preset, highest first), and the value
 /// after the namespace label and the cluster config.
-fn in_place_of(inputs: &Inputs<'_>, preset: Option<&Settings>) -> (Option<InPlace>, InPlace) {
+fn in_place_of(inputs: &Inputs<'_, '_>, preset: Option<&Settings>) -> (Option<InPlace>, InPlace) {
     let explicit = [
         inputs.replicated_job.map(|(_, a)| &a.settings),
         Some(&inputs.jobset.settings),
@@ -157,16 +163,16 @@ fn in_place_of(inputs: &Inputs<'_>, preset: Option<&Settings>) -> (Option<InPlac
 /// Whether in-place restart applies to this replicated job: [`resolve`]'s first step alone,
 /// with no node lookup and no warning, so that a JobSet can be measured against its bounds
 /// before any replicated job is planned. The error is [`resolve`]'s for the same inputs.
-pub fn enabled(inputs: &Inputs<'_>) -> Result<bool, AnnotationError> {
+pub fn enabled(inputs: &Inputs<'_, '_>) -> Result<bool, AnnotationError> {
     let (_, _, preset) = preset(inputs)?;
     Ok(in_place_of(inputs, preset).1 == InPlace::Enabled)
 }
 
 /// Resolves the decision for one replicated job. Warnings are appended to `warnings`.
-pub fn resolve(
-    inputs: &Inputs<'_>,
-    warnings: &mut Vec<String>,
-) -> Result<Decision, AnnotationError> {
+pub fn resolve<'a>(
+    inputs: &Inputs<'a, '_>,
+    warnings: &mut Warnings,
+) -> Result<Decision<'a>, AnnotationError> {
     let rjob = inputs.replicated_job.map(|(_, a)| a);
     let (preset_name, preset_scope, preset) = preset(inputs)?;
 
@@ -223,7 +229,7 @@ pub fn resolve(
         .facts
         .nodes
         .as_ref()
-        .map(|n| n.support(inputs.node_selector))
+        .map(|n| inputs.memo.support(n, inputs.node_selector))
         .filter(|s| s.nodes > 0);
     let action = match (explicit_action, api, nodes) {
         (Some(Action::RestartAllContainers), Some(false), _) => {
@@ -270,9 +276,7 @@ pub fn resolve(
                 Action::Restart
             }
             (Some(Action::RestartAllContainers), _, Some(s)) if s.declaring == 0 => {
-                warn_once(
-                    warnings,
-                    format!(
+                warnings.push_once(format!(
                         "the cluster default action RestartAllContainers cannot run here: {} \
                          declare the {FEATURE} feature; using Restart",
                         s.describe()
@@ -288,9 +292,7 @@ pub fn resolve(
             }
             (None, Some(false), _) => Action::Restart,
             (None, _, Some(s)) if !s.all() => {
-                warn_once(
-                    warnings,
-                    format!(
+                warnings.push_once(format!(
                         "the action defaults to Restart, not RestartAllContainers: {} declare{} \
                          the {FEATURE} feature, which RestartAllContainers needs; set {ACTION} \
                          to choose",
@@ -317,7 +319,7 @@ pub fn resolve(
                 .get(i)
                 .copied()
                 .flatten()
-                .and_then(|s| s.containers.clone()),
+                .and_then(|s| s.containers.as_deref()),
             match i {
                 0 => ContainersFrom::ReplicatedJob,
                 1 => ContainersFrom::JobSet,
@@ -327,8 +329,8 @@ pub fn resolve(
                 },
             },
         ),
-        None => match &inputs.config.defaults.containers {
-            Some(c) => (Some(c.clone()), ContainersFrom::Config),
+        None => match inputs.config.defaults.containers.as_deref() {
+            Some(c) => (Some(c), ContainersFrom::Config),
             None => (None, ContainersFrom::Nowhere),
         },
     };
@@ -361,11 +363,9 @@ fn nodes_phrase(s: &Support) -> String {
 
 /// RestartAllContainers where only some of the nodes can run it: allowed (the scheduler
 /// places the pods on those), said once.
-fn warn_partial(nodes: Option<Support>, warnings: &mut Vec<String>) {
+fn warn_partial(nodes: Option<Support>, warnings: &mut Warnings) {
     if let Some(s) = nodes.filter(|s| !s.all()) {
-        warn_once(
-            warnings,
-            format!(
+        warnings.push_once(format!(
                 "RestartAllContainers: only {} declare{} the {FEATURE} feature; the scheduler \
                  places these pods on those nodes only",
                 s.describe(),
@@ -375,12 +375,6 @@ fn warn_partial(nodes: Option<Support>, warnings: &mut Vec<String>) {
     }
 }
 
-/// Node warnings are the same for every replicated job on the same nodes: once per review.
-fn warn_once(warnings: &mut Vec<String>, w: String) {
-    if !warnings.contains(&w) {
-        warnings.push(w);
-    }
-}
 
 #[cfg(test)]
 mod tests;

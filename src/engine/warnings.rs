@@ -12,7 +12,7 @@ pub const MAX_WARNINGS: usize = 16;
 
 /// The warnings of one review: the first [`MAX_WARNINGS`] and the count of all.
 #[derive(Debug, Default)]
-pub(super) struct Warnings {
+pub struct Warnings {
     kept: Vec<String>,
     total: usize,
     /// Texts given to [`Self::push_once`]; one per distinct node answer, so at most one per
@@ -21,7 +21,7 @@ pub(super) struct Warnings {
 }
 
 impl Warnings {
-    pub(super) fn push(&mut self, w: String) {
+    pub fn push(&mut self, w: String) {
         self.total += 1;
         if self.kept.len() < MAX_WARNINGS {
             self.kept.push(w);
@@ -29,7 +29,7 @@ impl Warnings {
     }
 
     /// Pushes `w` unless this review already has the same text from this method.
-    pub(super) fn push_once(&mut self, w: String) {
+    pub fn push_once(&mut self, w: String) {
         if !self.once.contains(&w) {
             self.once.insert(w.clone());
             self.push(w);
@@ -38,7 +38,7 @@ impl Warnings {
 
     /// The warnings as sent: at most [`MAX_WARNINGS`], the last one counting the rest
     /// (`... and N more warnings`).
-    pub(super) fn finish(mut self) -> Vec<String> {
+    pub fn finish(mut self) -> Vec<String> {
         if self.total > MAX_WARNINGS {
             let more = self.total - (MAX_WARNINGS - 1);
             self.kept.truncate(MAX_WARNINGS - 1);

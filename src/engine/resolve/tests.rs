@@ -9,14 +9,15 @@ fn config(yaml: &str) -> Config {
     Config::from_yaml(yaml, "test").unwrap()
 }
 
-fn run(
-    js: &Annotations,
-    rj: Option<&Annotations>,
+fn run<'a>(
+    js: &'a Annotations,
+    rj: Option<&'a Annotations>,
     ns: Option<InPlace>,
-    cfg: &Config,
+    cfg: &'a Config,
     facts: ClusterFacts,
-) -> (Result<Decision, AnnotationError>, Vec<String>) {
-    let mut w = Vec::new();
+) -> (Result<Decision<'a>, AnnotationError>, Vec<String>) {
+    let mut w = Warnings::default();
+    let memo = Memo::default();
     let inputs = Inputs {
         jobset: js,
         replicated_job: rj.map(|a| ("workers", a)),
@@ -24,11 +25,13 @@ fn run(
         config: cfg,
         facts: &facts,
         node_selector: &[],
+        memo: &memo,
     };
-    (resolve(&inputs, &mut w), w)
+    let d = resolve(&inputs, &mut w);
+    (d, w.finish())
 }
 
-fn enabled(d: Result<Decision, AnnotationError>) -> Resolved {
+fn enabled(d: Result<Decision<'_>, AnnotationError>) -> Resolved<'_> {
     match d {
         Ok(Decision::Enabled(r)) => r,
         other => panic!("expected enabled, got {other:?}"),
@@ -313,23 +316,27 @@ fn node_facts(nodes: &[(&str, bool)]) -> ClusterFacts {
 
 /// `resolve` for the JobSet annotations `js`, the config `cfg`, `facts` and a pod
 /// template `nodeSelector`.
-fn on_nodes(
+fn on_nodes<'a>(
     js: &[(&str, &str)],
-    cfg: &Config,
+    cfg: &'a Config,
     facts: &ClusterFacts,
     selector: &[(&str, &str)],
-) -> (Result<Decision, AnnotationError>, Vec<String>) {
-    let js = ann(js);
-    let mut w = Vec::new();
+) -> (Result<Decision<'a>, AnnotationError>, Vec<String>) {
+    // The decision borrows the annotations' container list: kept for the test's life.
+    let js: &'a Annotations = Box::leak(Box::new(ann(js)));
+    let mut w = Warnings::default();
+    let memo = Memo::default();
     let inputs = Inputs {
-        jobset: &js,
+        jobset: js,
         replicated_job: None,
         namespace: None,
         config: cfg,
         facts,
         node_selector: selector,
+        memo: &memo,
     };
-    (resolve(&inputs, &mut w), w)
+    let d = resolve(&inputs, &mut w);
+    (d, w.finish())
 }
 
 const RAC: (&str, &str) = ("restart.jobset.dev/action", "RestartAllContainers");

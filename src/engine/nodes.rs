@@ -12,9 +12,9 @@
 //! the best guess. Node affinity, taints and tolerations are not considered: they would
 //! need the scheduler's full logic, and `nodeSelector` is how JobSets pick a pool.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The name a node declares in `status.declaredFeatures` when its kubelet can restart all
 /// containers of a pod in place.
@@ -30,53 +30,105 @@ pub struct NodeInfo {
     pub declares: bool,
 }
 
-/// The cluster's nodes at one moment, with the cluster-wide counts precomputed. A snapshot
-/// never changes (the watch builds a new one) and keeps no state of its own: the answers for
-/// `nodeSelector`s are kept per review ([`Memo`]), so that one review with ever new selectors
-/// cannot fill a memo that every other review shares.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The cluster's nodes at one moment, with the cluster-wide counts precomputed.
+///
+/// A snapshot never changes (the watch builds a new one), so the answer for a
+/// `nodeSelector` is kept: a pass over 5,000 nodes took ~0.5 ms, a kept answer a hash
+/// lookup (docs/BENCHMARKS.md "Node awareness"). The snapshot is shared by every review, so
+/// what one review may put in it is bounded: each review works out its selectors in its own
+/// [`Memo`] and hands at most [`SHARED_PER_REVIEW`] of them to the snapshot, which keeps at
+/// most [`MEMO`] and starts over when full. A review with thousands of new selectors thus
+/// pays its own passes and cannot crowd out the pools the other reviews use.
+#[derive(Debug, Default)]
 pub struct Nodes {
     nodes: Vec<Arc<NodeInfo>>,
     schedulable: usize,
     declaring: usize,
+    kept: Mutex<HashMap<Vec<(String, String)>, Support>>,
 }
 
+/// Selectors whose answer a snapshot keeps.
+pub const MEMO: usize = 256;
+
+/// New selectors one review may add to the answers its snapshot keeps: real JobSets pick a
+/// node pool or two.
+pub const SHARED_PER_REVIEW: usize = 4;
+
+impl Clone for Nodes {
+    fn clone(&self) -> Self {
+        Self {
+            nodes: self.nodes.clone(),
+            schedulable: self.schedulable,
+            declaring: self.declaring,
+            kept: Mutex::default(),
+        }
+    }
+}
+
+impl PartialEq for Nodes {
+    fn eq(&self, other: &Self) -> bool {
+        self.nodes == other.nodes
+    }
+}
+
+impl Eq for Nodes {}
+
 /// The node answers of one review, per `nodeSelector`: a JobSet whose replicated jobs share a
-/// node pool pays one pass over the nodes for all of them (a pass over 5,000 nodes took
-/// ~0.5 ms, docs/BENCHMARKS.md "Node awareness"). It holds at most one answer per replicated
-/// job the review plans, which the bound on those ([`super::applied::MAX_REPLICATED_JOBS`])
-/// bounds, and it ends with the review.
+/// node pool pays at most one pass over the nodes for all of them. It holds at most one answer
+/// per replicated job the review plans, which the bound on those
+/// ([`super::applied::MAX_REPLICATED_JOBS`]) bounds, and it ends with the review.
 #[derive(Debug, Default)]
 pub struct Memo {
     answers: RefCell<HashMap<Vec<(String, String)>, Support>>,
+    /// Answers this review has handed to the shared snapshot.
+    shared: Cell<usize>,
+    /// Passes over the nodes this review paid.
+    passes: Cell<usize>,
 }
 
 impl Memo {
-    /// [`Nodes::support`], each distinct selector worked out once.
+    /// [`Nodes::support`], each distinct selector worked out once per review, from the
+    /// snapshot's kept answers where it has one.
     pub fn support(&self, nodes: &Nodes, node_selector: &[(&str, &str)]) -> Support {
         if node_selector.is_empty() {
-            return nodes.support(node_selector);
+            return nodes.cluster();
         }
         let key: Vec<(String, String)> = node_selector
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let kept = self.answers.borrow().get(&key).copied();
-        if let Some(s) = kept {
+        let here = self.answers.borrow().get(&key).copied();
+        if let Some(s) = here {
             return s;
         }
-        let found = nodes.support(node_selector);
+        let found = match nodes.kept_answer(&key) {
+            Some(s) => s,
+            None => {
+                self.passes.set(self.passes.get() + 1);
+                let s = nodes.support(node_selector);
+                if self.shared.get() < SHARED_PER_REVIEW {
+                    self.shared.set(self.shared.get() + 1);
+                    nodes.keep(key.clone(), s);
+                }
+                s
+            }
+        };
         self.answers.borrow_mut().insert(key, found);
         found
     }
 
-    /// Selectors worked out so far.
+    /// Selectors worked out in this review.
     pub fn len(&self) -> usize {
         self.answers.borrow().len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Passes over the nodes this review paid.
+    pub fn passes(&self) -> usize {
+        self.passes.get()
     }
 }
 
@@ -118,6 +170,7 @@ impl Nodes {
             schedulable: usable().count(),
             declaring: usable().filter(|n| n.declares).count(),
             nodes,
+            kept: Mutex::default(),
         }
     }
 
@@ -135,18 +188,43 @@ impl Nodes {
         self.declaring
     }
 
-    /// The nodes a template with this `nodeSelector` can land on (see the module doc). The
-    /// cluster-wide answer costs nothing; a selector costs one pass over the nodes.
-    pub fn support(&self, node_selector: &[(&str, &str)]) -> Support {
-        let cluster = Support {
+    fn cluster(&self) -> Support {
+        Support {
             nodes: self.schedulable,
             declaring: self.declaring,
             pool: false,
-        };
+        }
+    }
+
+    /// The nodes a template with this `nodeSelector` can land on (see the module doc). The
+    /// cluster-wide answer costs nothing; a selector costs one pass over the nodes (reviews
+    /// ask through their [`Memo`], which keeps answers).
+    pub fn support(&self, node_selector: &[(&str, &str)]) -> Support {
+        let cluster = self.cluster();
         if node_selector.is_empty() {
             return cluster;
         }
         self.scan(node_selector, cluster)
+    }
+
+    /// The kept answer for a selector.
+    fn kept_answer(&self, key: &[(String, String)]) -> Option<Support> {
+        // A panic cannot leave the map half-written; a poisoned lock is still usable.
+        self.kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    /// Keeps an answer; a full map starts over, so that selectors no review uses any more
+    /// give way to those in use.
+    fn keep(&self, key: Vec<(String, String)>, s: Support) {
+        let mut m = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MEMO {
+            m.clear();
+        }
+        m.insert(key, s);
     }
 
     fn scan(&self, node_selector: &[(&str, &str)], cluster: Support) -> Support {
@@ -219,25 +297,36 @@ mod tests {
     }
 
     #[test]
-    fn a_review_works_out_each_selector_once_and_keeps_nothing_in_the_snapshot() {
+    fn a_review_pays_each_selector_once_and_hands_few_to_the_snapshot() {
         let nodes = Nodes::new(vec![node("gpu", true, false), node("cpu", false, false)]);
-        let shared = nodes.clone();
         let memo = Memo::default();
         for i in 0..1000 {
             let v = if i % 2 == 0 { "gpu" } else { "cpu" };
-            let s = memo.support(&nodes, &[("pool", v)]);
-            assert_eq!(s, nodes.support(&[("pool", v)]));
+            assert_eq!(memo.support(&nodes, &[("pool", v)]), nodes.support(&[("pool", v)]));
         }
-        assert_eq!(memo.len(), 2, "one answer per distinct selector");
+        assert_eq!((memo.len(), memo.passes()), (2, 2), "one pass per distinct selector");
+        // A review with ever new selectors pays its own passes and leaves at most
+        // SHARED_PER_REVIEW of them in the snapshot that every review shares.
+        let junk = Memo::default();
         for i in 0..1000 {
             let v = i.to_string();
-            memo.support(&nodes, &[("pool", &v)]);
+            junk.support(&nodes, &[("pool", &v)]);
         }
-        assert_eq!(memo.len(), 1002);
-        drop(memo);
-        // The snapshot the other reviews share is as it was: nothing of this review is in it.
-        assert_eq!(nodes, shared);
-        assert_eq!(Memo::default().support(&nodes, &[]), nodes.support(&[]));
+        assert_eq!(junk.passes(), 1000);
+        let kept = nodes.kept.lock().unwrap().len();
+        assert_eq!(kept, 2 + SHARED_PER_REVIEW, "the snapshot keeps only what reviews hand it");
+        // The next review finds the pools in use kept: no pass.
+        let next = Memo::default();
+        assert!(next.support(&nodes, &[("pool", "gpu")]).all());
+        assert_eq!(next.passes(), 0);
+        // Many reviews can fill the snapshot; it starts over instead of refusing new ones.
+        for r in 0..MEMO {
+            let m = Memo::default();
+            let v = format!("r{r}");
+            m.support(&nodes, &[("pool", &v)]);
+        }
+        assert!(nodes.kept.lock().unwrap().len() <= MEMO);
+        assert_eq!(nodes.clone(), nodes);
     }
 
     #[test]

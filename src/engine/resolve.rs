@@ -14,7 +14,8 @@ use super::nodes::{FEATURE, Memo, Nodes, Support};
 use super::warnings::Warnings;
 
 /// What the webhook knows about the cluster it runs in. `None` means "not probed" (offline
-/// `mutate`, or `serve` without credentials); the engine then trusts the config.
+/// `mutate`, `serve` without credentials, or a probe that has not answered); the engine then
+/// trusts the config, and without one defaults the action to `Restart`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterFacts {
     /// Whether the API server accepts the `RestartAllContainers` action.
@@ -302,7 +303,14 @@ pub fn resolve<'a>(
                 );
                 Action::Restart
             }
-            (None, _, _) => Action::RestartAllContainers,
+            // Nothing says whether the API server accepts RestartAllContainers (no cluster,
+            // or its probe has not answered): Restart, which every supported version accepts
+            // (RestartAllContainers is off by default on 1.35), said once.
+            (None, None, _) => {
+                warnings.push_once(UNKNOWN_CAPABILITY.to_owned());
+                Action::Restart
+            }
+            (None, Some(true), _) => Action::RestartAllContainers,
         },
     };
 
@@ -342,6 +350,12 @@ pub fn resolve<'a>(
         containers_from,
     }))
 }
+
+/// The warning of a default action chosen without knowing the API server's capability.
+pub const UNKNOWN_CAPABILITY: &str = "the action defaults to Restart: whether this cluster's \
+     API server accepts RestartAllContainers is not known (no cluster connection, or its \
+     capability probe has not answered), and Restart is accepted by every supported version; \
+     set restart.jobset.dev/action to choose";
 
 /// The start of a denial for lack of nodes.
 const NODES_NEED: &str = "RestartAllContainers pods need nodes that declare support for it";

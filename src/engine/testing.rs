@@ -10,7 +10,12 @@ pub(super) fn env(config: &Config) -> Environment<'_> {
     Environment {
         config,
         namespace_labels: None,
-        facts: ClusterFacts::default(),
+        // A cluster whose API server accepts RestartAllContainers (1.36); the unknown
+        // capability has its own tests (resolve).
+        facts: ClusterFacts {
+            restart_all_containers: Some(true),
+            ..ClusterFacts::default()
+        },
     }
 }
 

@@ -55,19 +55,50 @@ fn default_is_disabled() {
 
 #[test]
 fn jobset_opt_in_uses_builtin_defaults() {
-    let r = enabled(
-        run(
-            &ann(&[EN]),
-            None,
-            None,
-            &Config::default(),
-            ClusterFacts::default(),
-        )
-        .0,
-    );
+    let yes_rac = ClusterFacts {
+        restart_all_containers: Some(true),
+        ..Default::default()
+    };
+    let (d, w) = run(&ann(&[EN]), None, None, &Config::default(), yes_rac);
+    let r = enabled(d);
     assert_eq!(r.action, Action::RestartAllContainers);
     assert_eq!(r.exit_codes, ExitCodes::any_failure());
     assert_eq!(r.containers, None);
+    assert!(w.is_empty(), "{w:?}");
+}
+
+/// No cluster, or a probe that has not answered: nothing says the API server accepts
+/// RestartAllContainers (1.35 has it off by default), so the default is Restart, with a
+/// warning that says why; an action asked for explicitly (annotation or config) is kept.
+#[test]
+fn an_unknown_capability_defaults_to_restart_with_a_warning() {
+    let cfg = Config::default();
+    let (d, w) = run(&ann(&[EN]), None, None, &cfg, ClusterFacts::default());
+    assert_eq!(enabled(d).action, Action::Restart);
+    assert_eq!(w, [UNKNOWN_CAPABILITY]);
+    assert!(
+        UNKNOWN_CAPABILITY.starts_with(
+            "the action defaults to Restart: whether this cluster's API server accepts \
+             RestartAllContainers is not known"
+        ),
+        "{UNKNOWN_CAPABILITY}"
+    );
+    // Known nodes do not tell what the API server accepts.
+    let nodes_only = ClusterFacts {
+        restart_all_containers: None,
+        ..node_facts(&[("a", true)])
+    };
+    let (d, w) = on_nodes(&[EN], &cfg, &nodes_only, &[]);
+    assert_eq!(enabled(d).action, Action::Restart);
+    assert_eq!(w, [UNKNOWN_CAPABILITY]);
+    let rac = ann(&[EN, ("restart.jobset.dev/action", "RestartAllContainers")]);
+    let (d, w) = run(&rac, None, None, &cfg, ClusterFacts::default());
+    assert_eq!(enabled(d).action, Action::RestartAllContainers);
+    assert!(w.is_empty(), "{w:?}");
+    let cfg_rac = config("defaults: {action: RestartAllContainers}");
+    let (d, w) = run(&ann(&[EN]), None, None, &cfg_rac, ClusterFacts::default());
+    assert_eq!(enabled(d).action, Action::RestartAllContainers);
+    assert!(w.is_empty(), "{w:?}");
 }
 
 #[test]

@@ -17,9 +17,6 @@ use crate::engine::{
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
-/// Warnings beyond this are folded into one line: the API server and kubectl show them all,
-/// and a JobSet with hundreds of user-set containers should not produce a wall of text.
-const MAX_WARNINGS: usize = 16;
 /// Longest message (denial or HTTP 400 reason) sent back, in bytes. Parser errors quote what
 /// they did not expect (a 1 MiB string where a list belongs), and an unknown annotation key
 /// is named in full: without a cap a client could make the API server relay, and every log
@@ -349,7 +346,8 @@ pub struct Response<'a> {
         serialize_with = "base64_json"
     )]
     pub patch: Patch,
-    /// At most [`MAX_WARNINGS`], the last one counting the rest.
+    /// As the engine folded them: at most [`engine::warnings::MAX_WARNINGS`], the last one
+    /// counting the rest.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -382,7 +380,7 @@ impl<'a> Response<'a> {
                 status: None,
                 patch_type: (!m.patch.is_empty()).then_some("JSONPatch"),
                 patch: m.patch,
-                warnings: fold_warnings(m.warnings),
+                warnings: m.warnings,
                 audit_annotations: m.summary.map(|applied| AuditAnnotations { applied }),
             },
             Err(d) => {
@@ -441,13 +439,4 @@ pub fn clip(mut message: String) -> String {
     message.truncate(end);
     message.push_str(&format!("... (message cut, {total} bytes)"));
     message
-}
-
-fn fold_warnings(mut w: Vec<String>) -> Vec<String> {
-    if w.len() > MAX_WARNINGS {
-        let more = w.len() - (MAX_WARNINGS - 1);
-        w.truncate(MAX_WARNINGS - 1);
-        w.push(format!("... and {more} more warnings"));
-    }
-    w
 }

@@ -11,7 +11,12 @@ pub(super) fn env(config: &Config) -> Environment<'_> {
         config,
         namespace_labels: None,
         namespace_opted_in: false,
-        facts: ClusterFacts::default(),
+        // A cluster whose API server accepts RestartAllContainers (1.36); the unknown
+        // capability has its own tests (resolve).
+        facts: ClusterFacts {
+            restart_all_containers: Some(true),
+            ..ClusterFacts::default()
+        },
     }
 }
 

@@ -68,6 +68,7 @@ fn main() {
         let ctx = Environment {
             config: &config,
             namespace_labels: None,
+            namespace_opted_in: false,
             facts,
         };
         let mut ops = 0;

@@ -46,6 +46,7 @@ fn env(config: &Config, facts: ClusterFacts) -> Environment<'_> {
     Environment {
         config,
         namespace_labels: None,
+        namespace_opted_in: false,
         facts,
     }
 }

@@ -575,3 +575,25 @@ fn the_parsers_find_what_is_there() {
     assert!(help_flags().contains_key("--listen"));
     assert!(repo().join("docs/operations.md").is_file());
 }
+
+// ---- the README's shape ----------------------------------------------------------------------
+
+/// The README is for someone deciding to install (docs/testing.md): the two set-up commands
+/// stay on its first screen, and it stays short; the rest lives in docs/.
+#[test]
+fn the_readme_keeps_the_set_up_commands_on_its_first_screen_and_stays_short() {
+    let readme = read("README.md");
+    let first_screen: Vec<&str> = readme.lines().take(30).collect();
+    for command in ["cargo run --release -- serve", "tests/run-all.sh"] {
+        assert!(
+            first_screen.iter().any(|l| l.starts_with(command)),
+            "README.md: `{command}` is not on the first screen (the first 30 lines)"
+        );
+    }
+    let lines = readme.lines().count();
+    assert!(
+        lines <= 220,
+        "README.md has {lines} lines; it is the page to decide from (about 200 at most): move \
+         details into docs/ and link them"
+    );
+}

@@ -137,8 +137,9 @@ impl Cluster {
     }
 
     /// Rebuilds the engine's node snapshot from the cache (one pass, `Arc` clones only),
-    /// and logs when the counts change.
-    fn summarise_nodes(&self) {
+    /// and logs when the counts change. The node watch calls it after each change; public so
+    /// that a test can bring a cache filled by hand to the same state (tests/docs.rs).
+    pub fn summarise_nodes(&self) {
         let fresh = engine::Nodes::new(self.nodes.values());
         let counts = |n: &engine::Nodes| (n.total(), n.schedulable(), n.declaring());
         let before = self.node_summary.load();

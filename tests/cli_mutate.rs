@@ -55,18 +55,28 @@ fn prints_the_mutated_jobset_as_yaml() {
     let c =
         &doc["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["restartPolicy"], json!("Never"));
+    // Offline, nothing says the API server accepts RestartAllContainers: the default action
+    // is Restart, which every supported version accepts, and the one warning says why.
     assert_eq!(
         c["restartPolicyRules"],
-        json!([{"action": "RestartAllContainers", "exitCodes": {"operator": "NotIn", "values": [0]}}])
+        json!([{"action": "Restart", "exitCodes": {"operator": "NotIn", "values": [0]}}])
     );
     assert_eq!(
         doc["metadata"]["annotations"]["restart.jobset.dev/applied"],
-        json!("workers/trainer=RestartAllContainers:NotIn(0)")
+        json!("workers/trainer=Restart:NotIn(0)")
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "one warning expected: {stderr}"
     );
     assert!(
-        out.stderr.is_empty(),
-        "no warnings expected: {}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains(
+            "the action defaults to Restart: whether this cluster's API server accepts \
+             RestartAllContainers is not known"
+        ),
+        "{stderr}"
     );
 }
 

@@ -27,6 +27,9 @@ step "supply chain: cargo deny (licenses, bans, sources; advisories need the adv
 command -v cargo-deny >/dev/null 2>&1 || cargo install --locked cargo-deny
 cargo deny check licenses bans sources
 
+step "fuzz lock: fuzz/Cargo.lock is current (the fuzz crate builds from it, --locked)"
+cargo metadata --locked --manifest-path fuzz/Cargo.toml --format-version 1 >/dev/null
+
 step "fuzzing: each cargo-fuzz target briefly (nightly toolchain)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}" fuzz/run-ci.sh
 

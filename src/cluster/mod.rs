@@ -90,6 +90,11 @@ pub struct Cluster {
     probed_at: AtomicU64,
     /// Pod reviews whose parent JobSet was not in the cache.
     parent_misses: AtomicU64,
+    /// Reviews whose namespace was not in the namespace cache.
+    namespace_misses: AtomicU64,
+    /// The JobSet watch runs (only with the pod target: it is the pod target's parent
+    /// lookup, and the ClusterRole grants JobSets only then).
+    jobsets_watched: AtomicBool,
 }
 
 impl Default for Cluster {
@@ -109,6 +114,8 @@ impl Cluster {
             probed: AtomicBool::new(false),
             probed_at: AtomicU64::new(0),
             parent_misses: AtomicU64::new(0),
+            namespace_misses: AtomicU64::new(0),
+            jobsets_watched: AtomicBool::new(false),
         }
     }
 
@@ -281,7 +288,20 @@ impl Cluster {
 
 impl ClusterView for Cluster {
     fn namespace_labels(&self, namespace: &str) -> Option<Arc<Labels>> {
-        self.namespaces.get("", namespace)
+        let labels = self.namespaces.get("", namespace);
+        if labels.is_none() {
+            // A namespace created moments ago, or a cache not synced yet: a `disabled` label
+            // under a cluster-wide default (or a label for a pod) is not seen. The
+            // namespace-default webhook's own path does not ask (admission::Via).
+            self.namespace_misses.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                %namespace,
+                cache = %self.namespaces.describe(),
+                "namespace not in the namespace cache: its {} label is not read for this review",
+                crate::engine::resolve::NAMESPACE_LABEL
+            );
+        }
+        labels
     }
 
     fn parent_jobset(&self, namespace: &str, name: &str) -> Option<ParentJobSet> {
@@ -383,9 +403,12 @@ pub async fn start(args: &ClusterArgs, targets: Targets) -> Started {
     let c = cluster.clone();
     let cl = client.clone();
     tokio::spawn(async move { c.watch_namespaces(cl).await });
-    let c = cluster.clone();
-    let cl = client.clone();
-    tokio::spawn(async move { c.watch_jobsets(cl).await });
+    if targets.pods {
+        cluster.jobsets_watched.store(true, Ordering::Relaxed);
+        let c = cluster.clone();
+        let cl = client.clone();
+        tokio::spawn(async move { c.watch_jobsets(cl).await });
+    }
     let c = cluster.clone();
     let cl = client.clone();
     tokio::spawn(async move { c.watch_nodes(cl).await });
@@ -397,7 +420,9 @@ pub async fn start(args: &ClusterArgs, targets: Targets) -> Started {
         probe_namespace = %namespace,
         capability_interval = ?interval,
         readiness_waits_for_caches = targets.pods,
-        "cluster: watching namespaces, JobSets and nodes, probing capabilities"
+        jobsets_watched = targets.pods,
+        "cluster: watching namespaces, nodes and (with the pod target) JobSets, probing \
+         capabilities"
     );
     Started::Online {
         cluster,

@@ -21,10 +21,14 @@ impl Cluster {
     /// `cluster-caches`: the namespace and JobSet caches are synced (only `required` when
     /// the pod target is on). The detail describes every cache.
     pub fn caches_ready(&self, required: bool) -> Result<String, NotReady> {
+        let jobsets = if self.jobsets_watched.load(Ordering::Relaxed) {
+            self.jobsets.describe()
+        } else {
+            "jobsets not watched (pod target off)".to_owned()
+        };
         let detail = format!(
-            "{}; {}; {}",
+            "{}; {jobsets}; {}",
             self.namespaces.describe(),
-            self.jobsets.describe(),
             self.nodes.describe()
         );
         let synced = self.namespaces.synced() && self.jobsets.synced();

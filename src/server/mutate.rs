@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::{info, warn};
 
 use super::routes::{App, text, with_type};
-use crate::admission;
+use crate::admission::{self, Via};
 use crate::telemetry::Metrics;
 
 /// Largest accepted AdmissionReview body (controller-runtime's limit; the API server's own
@@ -82,6 +82,8 @@ pub(crate) async fn mutate(State(app): State<Arc<App>>, req: Request) -> Respons
         return reject(StatusCode::PAYLOAD_TOO_LARGE, too_large(), true);
     }
     let hint = declared.map_or(INITIAL_CAPACITY, |n| (n as usize).min(INITIAL_CAPACITY));
+    // Set by the route (`routes::webhook`): which registration the API server called.
+    let via = req.extensions().get::<Via>().copied().unwrap_or_default();
 
     let body = match tokio::time::timeout(
         app.body_timeout,
@@ -115,7 +117,7 @@ pub(crate) async fn mutate(State(app): State<Arc<App>>, req: Request) -> Respons
     }
 
     let config = app.config.load_current();
-    let reviewed = admission::review(&body, &config, &*app.cluster);
+    let reviewed = admission::review_via(&body, &config, &*app.cluster, via);
     let micros = start.elapsed().as_micros() as u64;
     match reviewed {
         Ok(answer) => {

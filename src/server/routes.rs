@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::{MethodRouter, get, post};
+use axum::{Extension, Router};
 use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_TYPE};
 use http::{HeaderValue, StatusCode};
@@ -20,7 +20,7 @@ use super::config_store::ConfigStore;
 use super::layers::{CatchPanic, CloseWhileDraining};
 use super::mutate::mutate;
 use super::ready::Readiness;
-use crate::admission::ClusterView;
+use crate::admission::{ClusterView, Via};
 use crate::telemetry::{CodeLabels, Metrics};
 
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -52,6 +52,14 @@ pub(crate) type AdminService = CatchPanic<Router>;
 pub(crate) fn webhook(app: &Arc<App>) -> WebhookService {
     let router = Router::new()
         .route("/mutate", post(mutate).fallback(not_allowed_post))
+        // The namespace-default registration's own path: the same handler, told that the API
+        // server's namespaceSelector established the namespace's opt-in (`admission::Via`).
+        .route(
+            "/mutate/namespace-default",
+            post(mutate)
+                .fallback(not_allowed_post)
+                .layer(Extension(Via::NamespaceDefault)),
+        )
         .route("/healthz", health(get(healthz)))
         .route("/readyz", health(get(readyz)))
         .fallback(not_found)

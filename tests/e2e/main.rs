@@ -35,6 +35,7 @@ mod node_restart;
 mod nodes;
 mod old_crd;
 mod ordering;
+mod outage;
 mod writers;
 
 use std::panic::AssertUnwindSafe;

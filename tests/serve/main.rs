@@ -117,9 +117,16 @@ async fn reviews_over_tls() {
         let out = apply_patch(r, &js);
         let ctr = container(&out);
         assert_eq!(ctr["restartPolicy"], "Never");
+        // Without a cluster the API server's capability is unknown: Restart, with a warning.
         assert_eq!(
             ctr["restartPolicyRules"],
-            json!([{ "action": "RestartAllContainers", "exitCodes": { "operator": "NotIn", "values": [0] } }])
+            json!([{ "action": "Restart", "exitCodes": { "operator": "NotIn", "values": [0] } }])
+        );
+        assert!(
+            r["warnings"][0]
+                .as_str()
+                .is_some_and(|w| w.starts_with("the action defaults to Restart: ")),
+            "{r}"
         );
         assert_eq!(
             out["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["restartPolicy"],
@@ -127,7 +134,7 @@ async fn reviews_over_tls() {
         );
         assert_eq!(
             out["metadata"]["annotations"][APPLIED],
-            "workers/trainer=RestartAllContainers:NotIn(0)"
+            "workers/trainer=Restart:NotIn(0)"
         );
         assert_eq!(container(&out)["image"], container(&js)["image"]);
 

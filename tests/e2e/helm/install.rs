@@ -37,7 +37,7 @@ pub(super) fn value_sets(
              \x20 excludedNamespaces: [kube-system, kube-public]\n\
              \x20 namespaceSelector: {{matchLabels: {{env: prod}}, matchExpressions: [{{key: tier, operator: NotIn, values: [system]}}]}}\n\
              \x20 objectSelector: {{matchExpressions: [{{key: restart.example/skip, operator: DoesNotExist}}]}}\n\
-             \x20 pods: {{enabled: false}}\n\
+             \x20 pods: {{failurePolicy: Ignore, timeoutSeconds: 1}}\n\
              networkPolicy: {{enabled: false}}\npodDisruptionBudget: {{enabled: false}}\n",
             "0".repeat(64)
         ),
@@ -88,6 +88,17 @@ pub(super) fn value_sets(
             ],
         ),
         ("cluster default", s(&["-f", &path_str(&cluster_default)])),
+        (
+            "pod target, one replica, NetworkPolicy restricted to given peers and ports",
+            s(&[
+                "--set",
+                "config.targets={jobsets,pods},replicas=1,networkPolicy.apiServerPorts={16443}",
+                "--set-json",
+                r#"networkPolicy.webhookFrom=[{"ipBlock":{"cidr":"10.0.0.2/32"}}]"#,
+                "--set-json",
+                r#"networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"prometheus"}}}]"#,
+            ]),
+        ),
         (
             "custom config, selectors, scheduling, limits, optional objects off",
             s(&[
@@ -244,7 +255,8 @@ pub(super) fn helm_install_upgrade_and_uninstall_on_the_api_server() {
             "mode=wat",
             "at '/mode': value must be one of 'webhook', 'policy'",
         ),
-        ("replicas=-1", "at '/replicas': minimum: got -1, want 0"),
+        ("replicas=-1", "at '/replicas': minimum: got -1, want 1"),
+        ("replicas=0", "at '/replicas': minimum: got 0, want 1"),
     ] {
         let out = helm(
             &[

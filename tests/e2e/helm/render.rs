@@ -226,6 +226,29 @@ pub(super) fn helm_chart_lints_and_renders_what_kustomize_renders() {
         charted,
     );
 
+    // The pod target: the pod webhook, list/watch of JobSets and the targets annotation come
+    // with it (components/pod-target), and only with it (the cases above have none).
+    let (_, charted) = template(&[
+        "--set",
+        "certManager.enabled=true",
+        "--set",
+        "config.targets={jobsets,pods}",
+    ]);
+    assert_same_objects(
+        "overlays/pod-target",
+        kustomize(&manifests.join("overlays/pod-target")),
+        charted,
+    );
+
+    // One replica: no PodDisruptionBudget (it would block every node drain).
+    let (_, charted) = template(&["--set", "replicas=1"]);
+    let kinds: Vec<String> = charted.iter().map(key).collect();
+    assert!(
+        !kinds.iter().any(|k| k.starts_with("PodDisruptionBudget/")),
+        "replicas=1 renders a PodDisruptionBudget: {kinds:?}"
+    );
+    assert!(kinds.contains(&"Deployment/jobset-restart-webhook".to_owned()));
+
     // The alerts and the dashboard (off by default, which the base comparison above shows):
     // manifests/monitoring renders the chart's two objects.
     let (_, charted) = template(&[

@@ -57,6 +57,11 @@ t0=$(date +%s)
 tests/cluster/build.sh --module helm >/dev/null
 echo "helm ready in $(( $(date +%s) - t0 ))s"
 
+step "promtool's rule checks and a PromQL evaluator for the alert tests (tests/cluster/promtool, github.com/prometheus/prometheus)"
+t0=$(date +%s)
+tests/cluster/build.sh --module promtool >/dev/null
+echo "promrules and scrapecheck ready in $(( $(date +%s) - t0 ))s"
+
 step "third-party controllers that write JobSets in the e2e tests (tests/cluster/kueue, tests/cluster/trainer)"
 for m in kueue trainer; do
     t0=$(date +%s)

@@ -30,6 +30,7 @@ mod differential;
 mod gates;
 mod helm;
 mod manifests;
+mod monitoring;
 mod node_restart;
 mod nodes;
 mod old_crd;

@@ -63,6 +63,15 @@ pub(super) fn value_sets(
             ]),
         ),
         (
+            "alerts and dashboard, dashboard in another namespace",
+            s(&[
+                "--set",
+                "prometheusRule.enabled=true,prometheusRule.labels.release=prometheus,\
+                 grafanaDashboard.enabled=true,grafanaDashboard.namespace=default,\
+                 grafanaDashboard.annotations.grafana_folder=Kubernetes",
+            ]),
+        ),
+        (
             "self-managed",
             vec![
                 "--set".into(),
@@ -129,6 +138,10 @@ pub(super) fn helm_value_sets_apply_to_the_api_server_with_server_side_dry_run()
         .join("example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml");
     c.kubectl_ok(&["create", "-f", &path_str(&service_monitors)], None);
     wait_established(&c, "servicemonitors.monitoring.coreos.com");
+    let prometheus_rules = go_module_dir(PROMETHEUS_OPERATOR_MODULE)
+        .join("example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml");
+    c.kubectl_ok(&["create", "-f", &path_str(&prometheus_rules)], None);
+    wait_established(&c, "prometheusrules.monitoring.coreos.com");
     c.kubectl_ok(
         &[
             "apply",

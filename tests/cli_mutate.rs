@@ -66,11 +66,7 @@ fn prints_the_mutated_jobset_as_yaml() {
         json!("workers/trainer=Restart:NotIn(0)")
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        stderr.lines().count(),
-        1,
-        "one warning expected: {stderr}"
-    );
+    assert_eq!(stderr.lines().count(), 1, "one warning expected: {stderr}");
     assert!(
         stderr.contains(
             "the action defaults to Restart: whether this cluster's API server accepts \
@@ -115,7 +111,13 @@ fn several_documents_print_a_list_and_warnings_go_to_stderr() {
         "other kinds pass through"
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.starts_with("Warning: JobSet onfailure: replicated job \"workers\": the pod template sets restartPolicy: OnFailure"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.len() == 2, "{stderr}");
+    assert!(
+        lines[0].starts_with("Warning: JobSet onfailure: the action defaults to Restart: "),
+        "{stderr}"
+    );
+    assert!(lines[1].starts_with("Warning: JobSet onfailure: replicated job \"workers\": the pod template sets restartPolicy: OnFailure"), "{stderr}");
 }
 
 #[test]

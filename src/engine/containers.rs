@@ -90,8 +90,7 @@ pub(super) fn plan_pod_spec(
             (None, None) => {
                 if applied.change() {
                     patch.add_under(&path, "restartPolicy", never());
-                    patch
-                        .add_under(&path, "restartPolicyRules", rules.clone());
+                    patch.add_under(&path, "restartPolicyRules", rules.clone());
                     applied.add(prefix, name, &rule_text);
                 }
             }
@@ -142,8 +141,7 @@ pub(super) fn plan_pod_spec(
             match &c.restart_policy_rules {
                 None => {
                     if applied.change() {
-                        patch
-                            .add_under(&path, "restartPolicyRules", rules.clone());
+                        patch.add_under(&path, "restartPolicyRules", rules.clone());
                         applied.add(prefix, name, &rule_text);
                     }
                 }

@@ -302,9 +302,16 @@ mod tests {
         let memo = Memo::default();
         for i in 0..1000 {
             let v = if i % 2 == 0 { "gpu" } else { "cpu" };
-            assert_eq!(memo.support(&nodes, &[("pool", v)]), nodes.support(&[("pool", v)]));
+            assert_eq!(
+                memo.support(&nodes, &[("pool", v)]),
+                nodes.support(&[("pool", v)])
+            );
         }
-        assert_eq!((memo.len(), memo.passes()), (2, 2), "one pass per distinct selector");
+        assert_eq!(
+            (memo.len(), memo.passes()),
+            (2, 2),
+            "one pass per distinct selector"
+        );
         // A review with ever new selectors pays its own passes and leaves at most
         // SHARED_PER_REVIEW of them in the snapshot that every review shares.
         let junk = Memo::default();
@@ -314,7 +321,11 @@ mod tests {
         }
         assert_eq!(junk.passes(), 1000);
         let kept = nodes.kept.lock().unwrap().len();
-        assert_eq!(kept, 2 + SHARED_PER_REVIEW, "the snapshot keeps only what reviews hand it");
+        assert_eq!(
+            kept,
+            2 + SHARED_PER_REVIEW,
+            "the snapshot keeps only what reviews hand it"
+        );
         // The next review finds the pools in use kept: no pass.
         let next = Memo::default();
         assert!(next.support(&nodes, &[("pool", "gpu")]).all());

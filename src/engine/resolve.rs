@@ -284,11 +284,10 @@ pub fn resolve<'a>(
             }
             (Some(Action::RestartAllContainers), _, Some(s)) if s.declaring == 0 => {
                 warnings.push_once(format!(
-                        "the cluster default action RestartAllContainers cannot run here: {} \
+                    "the cluster default action RestartAllContainers cannot run here: {} \
                          declare the {FEATURE} feature; using Restart",
-                        s.describe()
-                    ),
-                );
+                    s.describe()
+                ));
                 Action::Restart
             }
             (Some(a), _, _) => {
@@ -300,13 +299,12 @@ pub fn resolve<'a>(
             (None, Some(false), _) => Action::Restart,
             (None, _, Some(s)) if !s.all() => {
                 warnings.push_once(format!(
-                        "the action defaults to Restart, not RestartAllContainers: {} declare{} \
+                    "the action defaults to Restart, not RestartAllContainers: {} declare{} \
                          the {FEATURE} feature, which RestartAllContainers needs; set {ACTION} \
                          to choose",
-                        s.describe(),
-                        if s.declaring == 1 { "s" } else { "" }
-                    ),
-                );
+                    s.describe(),
+                    if s.declaring == 1 { "s" } else { "" }
+                ));
                 Action::Restart
             }
             // Nothing says whether the API server accepts RestartAllContainers (no cluster,
@@ -386,15 +384,13 @@ fn nodes_phrase(s: &Support) -> String {
 fn warn_partial(nodes: Option<Support>, warnings: &mut Warnings) {
     if let Some(s) = nodes.filter(|s| !s.all()) {
         warnings.push_once(format!(
-                "RestartAllContainers: only {} declare{} the {FEATURE} feature; the scheduler \
+            "RestartAllContainers: only {} declare{} the {FEATURE} feature; the scheduler \
                  places these pods on those nodes only",
-                s.describe(),
-                if s.declaring == 1 { "s" } else { "" }
-            ),
-        );
+            s.describe(),
+            if s.declaring == 1 { "s" } else { "" }
+        ));
     }
 }
-
 
 #[cfg(test)]
 mod tests;

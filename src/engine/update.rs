@@ -81,7 +81,11 @@ fn settings(doc: &JobSetDoc<'_>) -> ParentJobSet {
 /// the update is linear in the replicated jobs.
 fn pod_specs<'d, 'a>(doc: &'d JobSetDoc<'a>) -> HashMap<&'d str, (usize, &'d PodSpec<'a>)> {
     let mut out = HashMap::new();
-    for (i, rj) in doc.spec.iter().flat_map(|s| s.replicated_jobs.iter().enumerate()) {
+    for (i, rj) in doc
+        .spec
+        .iter()
+        .flat_map(|s| s.replicated_jobs.iter().enumerate())
+    {
         if let Some(name) = rj.name.as_deref() {
             out.entry(name).or_insert((i, rj.pod_spec()));
         }

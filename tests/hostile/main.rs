@@ -437,7 +437,11 @@ async fn one_review_is_bounded() {
         let list = format!("{},main", name_list("n", 2000));
         cases.push((
             "400 replicated jobs x 2,001 names".into(),
-            review("w65k", "CREATE", &jobset_of(enabled(CONTAINERS, &list), 400, main)),
+            review(
+                "w65k",
+                "CREATE",
+                &jobset_of(enabled(CONTAINERS, &list), 400, main),
+            ),
             Some(format!("this one has {} bytes", list.len())),
         ));
         // The lists that took 10.8 s and 17.9 s of CPU to de-duplicate.
@@ -467,7 +471,11 @@ async fn one_review_is_bounded() {
         let big = fill(API_SERVER_BODY - 4096);
         cases.push((
             "CREATE, a 3 MiB list".into(),
-            review("create3m", "CREATE", &jobset_of(enabled(CONTAINERS, &big), 1, main)),
+            review(
+                "create3m",
+                "CREATE",
+                &jobset_of(enabled(CONTAINERS, &big), 1, main),
+            ),
             Some(format!("this one has {} bytes", big.len())),
         ));
         let half = fill(API_SERVER_BODY / 2 - 4096);
@@ -494,7 +502,9 @@ async fn one_review_is_bounded() {
                             "containers": [{ "name": "main", "image": "x" }] })
                 }),
             ),
-            Some(jobset_restart_webhook::engine::too_many_replicated_jobs(10_000)),
+            Some(jobset_restart_webhook::engine::too_many_replicated_jobs(
+                10_000,
+            )),
         ));
         // Within the bounds, the most warnings a list makes: 256 replicated jobs, each with
         // one of the 64 names of the list; 63 x 256 missing names, folded while written.
@@ -504,9 +514,11 @@ async fn one_review_is_bounded() {
             review(
                 "warnings",
                 "CREATE",
-                &jobset_of(enabled(CONTAINERS, &list), 256, |i| {
-                    json!({ "containers": [{ "name": format!("c{}", i % 64), "image": "x" }] })
-                }),
+                &jobset_of(
+                    enabled(CONTAINERS, &list),
+                    256,
+                    |i| json!({ "containers": [{ "name": format!("c{}", i % 64), "image": "x" }] }),
+                ),
             ),
             None,
         ));
@@ -514,7 +526,11 @@ async fn one_review_is_bounded() {
         let mut worst = (String::new(), 0.0f64);
         for (name, rv, want) in &cases {
             let body = body_of(rv);
-            assert!(body.len() <= API_SERVER_BODY, "{name}: {} bytes", body.len());
+            assert!(
+                body.len() <= API_SERVER_BODY,
+                "{name}: {} bytes",
+                body.len()
+            );
             let before = cpu_secs(w.pid());
             let reply = send(&w, &certs, &post_bytes(&body)).await;
             let secs = cpu_secs(w.pid()) - before;

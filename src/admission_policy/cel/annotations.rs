@@ -3,8 +3,8 @@
 
 use super::{Constants, Variable, bind, first_or_empty, lit, quote, var};
 use crate::engine::annotations::{
-    ACTION, APPLIED, CONTAINERS, EXCEPT_EXIT_CODES, IN_PLACE, MAX_EXIT_CODE_VALUES,
-    MAX_LIST_BYTES, MAX_LIST_NAMES, ON_EXIT_CODES, PREFIX, PRESET, REPLICATED_JOBS,
+    ACTION, APPLIED, CONTAINERS, EXCEPT_EXIT_CODES, IN_PLACE, MAX_EXIT_CODE_VALUES, MAX_LIST_BYTES,
+    MAX_LIST_NAMES, ON_EXIT_CODES, PREFIX, PRESET, REPLICATED_JOBS,
 };
 use crate::engine::applied::{MAX_CONTAINERS, MAX_REPLICATED_JOBS};
 
@@ -211,9 +211,7 @@ const SENTINEL: usize = 987_654_321;
 /// The webhook's `text` (made with [`SENTINEL`] for its count) as a CEL string expression
 /// with the CEL string expression `count` in its place.
 fn with_count(text: &str, count: &str) -> String {
-    let (before, after) = text
-        .split_once(&SENTINEL.to_string())
-        .unwrap_or((text, ""));
+    let (before, after) = text.split_once(&SENTINEL.to_string()).unwrap_or((text, ""));
     format!("{} + {count} + {}", lit(before), lit(after))
 }
 
@@ -280,7 +278,8 @@ pub(super) fn variables(c: &Constants) -> (Vec<Variable>, Variable) {
                     &crate::engine::too_many_replicated_jobs(SENTINEL),
                     "string(size(variables.rjobs))"
                 ),
-                containers_msg = with_count(&crate::engine::too_many_containers(SENTINEL), "string(n)"),
+                containers_msg =
+                    with_count(&crate::engine::too_many_containers(SENTINEL), "string(n)"),
             ),
         ),
     );

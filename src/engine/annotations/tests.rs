@@ -198,7 +198,10 @@ fn compact_values_renders_runs() {
 
 /// `n` distinct names `n0,n1,...`.
 fn names(n: usize) -> String {
-    (0..n).map(|i| format!("n{i}")).collect::<Vec<_>>().join(",")
+    (0..n)
+        .map(|i| format!("n{i}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[test]
@@ -208,9 +211,7 @@ fn name_lists_are_bounded_before_they_are_read() {
         parse_names(&names(MAX_LIST_NAMES), "container").map(|v| v.len()),
         Ok(MAX_LIST_NAMES)
     );
-    let long: Vec<String> = (0..MAX_LIST_NAMES)
-        .map(|i| format!("{i:0>63}"))
-        .collect();
+    let long: Vec<String> = (0..MAX_LIST_NAMES).map(|i| format!("{i:0>63}")).collect();
     let long = long.join(",");
     assert_eq!(long.len(), MAX_LIST_BYTES - 1);
     assert!(parse_names(&long, "container").is_ok());

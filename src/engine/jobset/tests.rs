@@ -216,11 +216,14 @@ fn sidecars_count_towards_the_cap() {
     let rjobs: Vec<String> = (0..17).map(|i| format!("r{i}")).collect();
     let mut js = jobset(
         json!({ annotations::IN_PLACE: "enabled", annotations::CONTAINERS: "c0,s0,s1" }),
-        rjobs.iter().map(|r| (r.as_str(), containers("c", 61))).collect(),
+        rjobs
+            .iter()
+            .map(|r| (r.as_str(), containers("c", 61)))
+            .collect(),
     );
     for i in 0..17 {
-        js["spec"]["replicatedJobs"][i]["template"]["spec"]["template"]["spec"]
-            ["initContainers"] = json!(sidecars);
+        js["spec"]["replicatedJobs"][i]["template"]["spec"]["template"]["spec"]["initContainers"] =
+            json!(sidecars);
     }
     // c0 and both sidecars in each: 51, and each pod template's restartPolicy.
     assert!(mutate(&js).is_ok_and(|m| m.patch.len() == 17 * (2 + 1 + 1) + 17 + 1));
@@ -240,7 +243,13 @@ fn sidecars_count_towards_the_cap() {
 /// `n` replicated jobs `r0`, `r1`, ... of one container each.
 fn many_rjobs(ann: Value, n: usize) -> Value {
     let names: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
-    jobset(ann, names.iter().map(|r| (r.as_str(), containers("c", 1))).collect())
+    jobset(
+        ann,
+        names
+            .iter()
+            .map(|r| (r.as_str(), containers("c", 1)))
+            .collect(),
+    )
 }
 
 #[test]

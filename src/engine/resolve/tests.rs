@@ -9,13 +9,19 @@ fn config(yaml: &str) -> Config {
     Config::from_yaml(yaml, "test").unwrap()
 }
 
-fn run<'a>(
-    js: &'a Annotations,
-    rj: Option<&'a Annotations>,
+/// A decision borrows the container list of its inputs: these are kept for the test's life.
+fn kept<T: Clone>(v: &T) -> &'static T {
+    Box::leak(Box::new(v.clone()))
+}
+
+fn run(
+    js: &Annotations,
+    rj: Option<&Annotations>,
     ns: Option<InPlace>,
-    cfg: &'a Config,
+    cfg: &Config,
     facts: ClusterFacts,
-) -> (Result<Decision<'a>, AnnotationError>, Vec<String>) {
+) -> (Result<Decision<'static>, AnnotationError>, Vec<String>) {
+    let (js, rj, cfg) = (kept(js), rj.map(kept), kept(cfg));
     let mut w = Warnings::default();
     let memo = Memo::default();
     let inputs = Inputs {
@@ -347,14 +353,13 @@ fn node_facts(nodes: &[(&str, bool)]) -> ClusterFacts {
 
 /// `resolve` for the JobSet annotations `js`, the config `cfg`, `facts` and a pod
 /// template `nodeSelector`.
-fn on_nodes<'a>(
+fn on_nodes(
     js: &[(&str, &str)],
-    cfg: &'a Config,
+    cfg: &Config,
     facts: &ClusterFacts,
     selector: &[(&str, &str)],
-) -> (Result<Decision<'a>, AnnotationError>, Vec<String>) {
-    // The decision borrows the annotations' container list: kept for the test's life.
-    let js: &'a Annotations = Box::leak(Box::new(ann(js)));
+) -> (Result<Decision<'static>, AnnotationError>, Vec<String>) {
+    let (js, cfg) = (kept(&ann(js)), kept(cfg));
     let mut w = Warnings::default();
     let memo = Memo::default();
     let inputs = Inputs {

@@ -188,7 +188,7 @@ pub fn review(
     body: &[u8],
     config: &Config,
     cluster: &dyn ClusterView,
-) -> Result<Answer, BadReview> {
+) -> Result<Answer, ReviewFailed> {
     review_via(body, config, cluster, Via::Mutate)
 }
 
@@ -198,10 +198,25 @@ pub fn review_via(
     config: &Config,
     cluster: &dyn ClusterView,
     via: Via,
-) -> Result<Answer, BadReview> {
+) -> Result<Answer, ReviewFailed> {
     let req = decode(body)?;
+    // The server's `review{uid}` span (a no-op outside one).
+    tracing::Span::current().record("uid", &*req.uid);
     let decision = decide_via(&req, config, cluster, via);
-    Ok(encode(req, decision))
+    encode(req, decision).map_err(|e| ReviewFailed::Encode(e.to_string()))
+}
+
+/// Why [`review`] has no answer to send.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewFailed {
+    /// The caller sent something that is not a review (answered 400).
+    #[error(transparent)]
+    Bad(#[from] BadReview),
+    /// Our answer could not be serialized (answered 500 and counted). Not reachable with
+    /// the types in [`ReviewOut`] (strings, numbers, a patch of `Value`s); typed so that a
+    /// future field that can fail is not answered as an empty 200.
+    #[error("encoding the answer failed: {0}")]
+    Encode(String),
 }
 
 /// The `request` of a review body, or why the body is not a review.
@@ -283,7 +298,10 @@ pub fn decide_via(
 }
 
 /// The encoded answer and its record.
-fn encode(req: RequestIn<'_>, decision: Result<Mutation, Denial>) -> Answer {
+fn encode(
+    req: RequestIn<'_>,
+    decision: Result<Mutation, Denial>,
+) -> Result<Answer, serde_json::Error> {
     let (outcome, patch_ops, warnings, parent_unknown) = match &decision {
         Ok(m) if m.patch.is_empty() => (Outcome::Allowed, 0, m.warnings.len(), m.parent_unknown),
         Ok(m) => (
@@ -299,9 +317,8 @@ fn encode(req: RequestIn<'_>, decision: Result<Mutation, Denial>) -> Answer {
         kind: KIND,
         response: Response::new(&req.uid, decision),
     };
-    // Serializing strings, numbers and a patch of `Value`s cannot fail.
-    let body = serde_json::to_vec(&out).unwrap_or_default();
-    Answer {
+    let body = serde_json::to_vec(&out)?;
+    Ok(Answer {
         body,
         record: Record {
             uid: req.uid.into_owned(),
@@ -315,7 +332,7 @@ fn encode(req: RequestIn<'_>, decision: Result<Mutation, Denial>) -> Answer {
             warnings,
             parent_unknown,
         },
-    }
+    })
 }
 
 /// The AdmissionReview sent back (`admission.k8s.io/v1`).

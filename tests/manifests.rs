@@ -380,3 +380,82 @@ fn dockerfile_is_multi_stage_pinned_static_and_non_root() {
         "CMD reads the mounted certificate"
     );
 }
+
+/// The chart's `serve` durations use the binary's grammar and ranges: their schema pattern is
+/// `args::DURATION_PATTERN` (or empty, for serve's default), it accepts exactly what the
+/// flags' parser reads (over a corpus of near misses: Go's `us`/`ns`, signs, exponents,
+/// spaces, a trailing bare number), and each property's examples and stated range are the
+/// flag's own. Before, the schema took `1h30m`-style Go durations with `us` and `ns` that
+/// `serve` refused, so a valid values file crash-looped the pod.
+#[test]
+fn chart_duration_values_use_the_binarys_grammar() {
+    use jobset_restart_webhook::args::{DELAY, DURATION_PATTERN, DurationRange, TIMEOUT};
+    let path = format!(
+        "{}/charts/jobset-restart-webhook/values.schema.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let serve = &schema["properties"]["serve"]["properties"];
+    let flags: [(&str, DurationRange); 6] = [
+        ("drainDelay", DELAY),
+        ("shutdownGracePeriod", DELAY),
+        ("tlsHandshakeTimeout", TIMEOUT),
+        ("headerReadTimeout", TIMEOUT),
+        ("bodyReadTimeout", TIMEOUT),
+        ("idleTimeout", TIMEOUT),
+    ];
+    // Every duration-like property of `serve` is one of these (a new one joins the list).
+    let durations: Vec<&String> = serve
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, p)| p["pattern"].as_str().is_some_and(|p| p.contains("ms|")))
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(durations.len(), flags.len(), "{durations:?}");
+
+    let want = format!("^$|{DURATION_PATTERN}");
+    let mut corpus: Vec<String> = [
+        "", "0", "5", "1.5", "0s", "5s", "500ms", "1m30s", "1h30m", "2h", "1.5s", "10m", "1h0m0s",
+        "0.5ms", "250us", "250µs", "100ns", "1d", "-1s", "+1s", " 5s", "5s ", "5 s", ".5s", "1.s",
+        "1e3s", "1h30", "s", "ms", "5S", "5Ms", "5sm", "1m1", "1..5s", "١s", "5s5s", "01s",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    for a in ["0", "7", "1.25", "12"] {
+        for u in ["", "ms", "s", "m", "h", "us", "x"] {
+            for b in ["", "1s", "30", "5ms", ".5m"] {
+                corpus.push(format!("{a}{u}{b}"));
+            }
+        }
+    }
+    for (name, range) in flags {
+        let p = &serve[name];
+        let pattern = p["pattern"].as_str().unwrap_or_default();
+        assert_eq!(pattern, want, "{name}'s pattern");
+        let re = regex::Regex::new(pattern).unwrap();
+        for c in &corpus {
+            let parsed = jobset_restart_webhook::args::parse_duration(c);
+            assert_eq!(
+                re.is_match(c),
+                c.is_empty() || parsed.is_ok(),
+                "{name}: {c:?}: the schema and serve disagree ({parsed:?})"
+            );
+        }
+        let examples = p["examples"].as_array().expect("examples");
+        assert!(!examples.is_empty(), "{name}");
+        for e in examples {
+            let e = e.as_str().unwrap();
+            assert!(re.is_match(e), "{name}: example {e:?}");
+            range
+                .parse(e)
+                .unwrap_or_else(|err| panic!("{name}: example {e:?}: {err}"));
+        }
+        let description = p["description"].as_str().unwrap_or_default();
+        assert!(
+            description.contains(&format!("from {range}")),
+            "{name}: the description states the flag's range ({range}): {description}"
+        );
+    }
+}

@@ -311,7 +311,15 @@ async fn stalled_heads_hold_bounded_memory() {
     bounded(180, async {
         let tmp = tempfile::tempdir().unwrap();
         let certs = Certs::new(tmp.path());
-        let w = certs.serve(&["--header-read-timeout", "60s", "--max-connections", "256"]);
+        // All from one address here: the per-peer cap (half by default) is lifted to the cap.
+        let w = certs.serve(&[
+            "--header-read-timeout",
+            "60s",
+            "--max-connections",
+            "256",
+            "--max-connections-per-peer",
+            "256",
+        ]);
         let idle = mem(w.pid());
 
         let over = padded_head(390_000, None);

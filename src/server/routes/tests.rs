@@ -4,9 +4,15 @@ use http_body_util::{BodyExt as _, Full};
 use tower_service::Service as _;
 
 use super::*;
-use crate::admission;
+use crate::admission::{self, ClusterView};
 use crate::engine::{ClusterFacts, ParentJobSet};
 use crate::server::MAX_BODY;
+use crate::server::config_store::ConfigStore;
+use crate::server::ready::Readiness;
+use crate::server::state::TEXT;
+use crate::telemetry::Metrics;
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
 
 /// A cluster view whose every answer panics: stands in for a bug on the request path.
 struct Exploding;
@@ -47,6 +53,10 @@ fn app(cluster: Arc<dyn ClusterView>) -> App {
     let addr = "127.0.0.1:9".parse().expect("addr");
     let readiness = Readiness::new(
         super::super::tls::SelfCheck::new(addr).expect("self check"),
+        super::super::ready::Listening {
+            addr,
+            accepting: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        },
         store.clone(),
         Vec::new(),
     );
@@ -55,8 +65,11 @@ fn app(cluster: Arc<dyn ClusterView>) -> App {
         cluster,
         metrics: Arc::new(Metrics::new()),
         readiness: Arc::new(readiness),
-        body_timeout: Duration::from_secs(1),
-        body_budget: Semaphore::new(MAX_BODY),
+        body: super::super::body::BodyLimits {
+            timeout: std::time::Duration::from_secs(1),
+            budget: Arc::new(tokio::sync::Semaphore::new(MAX_BODY)),
+        },
+        reviews: super::super::mutate::Reviews::new(16),
     }
 }
 

@@ -32,7 +32,7 @@ pub(super) fn value_sets(
              podLabels: {{team: ml-platform}}\n\
              podAnnotations: {{example.com/owner: ml-platform}}\n\
              logFormat: text\nlogLevel: debug\n\
-             serve: {{maxConnections: 512, maxBodyMemory: 64Mi, idleTimeout: 60s, headerReadTimeout: 3s, extraArgs: [--http2]}}\n\
+             serve: {{maxConnections: 512, maxBodyMemory: 64Mi, idleTimeout: 60s, headerReadTimeout: 3s, extraArgs: [--tls-min-version=1.2]}}\n\
              webhook:\n  failurePolicy: Ignore\n  timeoutSeconds: 10\n  namespaceLabelOptIn: false\n\
              \x20 excludedNamespaces: [kube-system, kube-public]\n\
              \x20 namespaceSelector: {{matchLabels: {{env: prod}}, matchExpressions: [{{key: tier, operator: NotIn, values: [system]}}]}}\n\

@@ -23,9 +23,12 @@ cargo clippy --all-targets --features e2e -- -D warnings
 step "unit and integration tests"
 cargo test --all-targets
 
-step "supply chain: cargo deny (licenses, bans, sources; advisories need the advisory database, which this network cannot fetch)"
+step "supply chain: cargo deny (licenses, bans, sources, advisories)"
 command -v cargo-deny >/dev/null 2>&1 || cargo install --locked cargo-deny
 cargo deny check licenses bans sources
+# The live RustSec database where the network reaches it (bounded), else the copy named by
+# ADVISORY_DB_BUNDLE; fails when neither is there (tests/advisories.sh).
+tests/advisories.sh
 
 step "fuzzing: each cargo-fuzz target briefly (nightly toolchain)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}" fuzz/run-ci.sh

@@ -49,6 +49,7 @@ use tracing::{info, warn};
 use crate::admission::{ClusterView, Offline};
 use crate::args::{parse_bytes, parse_duration, parse_period, parse_targets};
 use crate::engine::Targets;
+use crate::tasks::Tasks;
 use crate::telemetry::{LogFormat, Metrics};
 
 pub use conn::MAX_HEAD;
@@ -79,6 +80,11 @@ pub struct ServerArgs {
     /// re-read when it changes. The admin port stays plain HTTP.
     #[arg(long, env = "JRW_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
+    /// The name the API server dials (the Service's `<service>.<namespace>.svc`). When given,
+    /// `/readyz` fails while the serving certificate does not cover it (a rotation to a
+    /// certificate for another name).
+    #[arg(long, env = "JRW_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
     /// Cluster config file (YAML): defaults, presets, targets. Re-read when it changes.
     #[arg(long, env = "JRW_CONFIG")]
     pub config: Option<PathBuf>,
@@ -137,6 +143,9 @@ pub struct ServerOptions {
     pub readiness: Vec<Arc<dyn ReadinessCheck>>,
     /// Extra metrics computed at scrape time (e.g. the cluster caches and capabilities).
     pub collectors: Vec<Box<dyn prometheus_client::collector::Collector>>,
+    /// The supervisor of the background tasks (the reloaders here; the cluster side's
+    /// watches and probe loop when it shares it); its restart counts are exported.
+    pub tasks: Tasks,
 }
 
 impl Default for ServerOptions {
@@ -145,6 +154,7 @@ impl Default for ServerOptions {
             cluster: Arc::new(Offline),
             readiness: Vec::new(),
             collectors: Vec::new(),
+            tasks: Tasks::new(),
         }
     }
 }
@@ -168,6 +178,13 @@ impl Prepared {
     /// default.
     pub fn targets(&self) -> Targets {
         self.store.load_current().targets
+    }
+
+    /// The targets as they are now, for as long as the server runs (the config file is
+    /// re-read when it changes).
+    pub fn targets_source(&self) -> Arc<dyn Fn() -> Targets + Send + Sync> {
+        let store = self.store.clone();
+        Arc::new(move || store.load_current().targets)
     }
 }
 
@@ -209,7 +226,7 @@ pub fn prepare(args: &ServerArgs) -> anyhow::Result<Prepared> {
         }
         _ => bail!("--tls-cert and --tls-key go together: give both or neither"),
     };
-    let resolver = Arc::new(tls::CertResolver::new(cert.key.clone()));
+    let resolver = Arc::new(tls::CertResolver::new(&cert));
     let client_auth = tls::ClientAuth::load(args.client_ca.as_deref())?;
     let tls_config = tls::server_config(resolver.clone(), args.http2, client_auth.as_ref())?;
     Ok(Prepared {
@@ -254,6 +271,8 @@ pub async fn serve_prepared(
     for c in options.collectors {
         metrics.register_collector(c);
     }
+    let tasks = options.tasks;
+    metrics.register_collector(Box::new(tasks.clone()));
     let metrics = Arc::new(metrics);
     config_store::record_initial(&metrics);
     metrics.cert_not_after.set(loaded.not_after);
@@ -275,6 +294,10 @@ pub async fn serve_prepared(
     // 2. Serve.
     let readiness = Arc::new(ready::Readiness::new(
         tls::SelfCheck::new(tls_addr)?.expecting_client_auth(client_auth.is_some())?,
+        ready::CertCheck {
+            resolver: resolver.clone(),
+            server_name: args.tls_server_name.clone(),
+        },
         store.clone(),
         options.readiness,
     ));
@@ -314,28 +337,39 @@ pub async fn serve_prepared(
     };
     let webhook_accept = tokio::spawn(conn::accept_loop(tls_listener, webhook, drain_rx));
     let admin_accept = tokio::spawn(conn::accept_loop(admin_listener, admin, stop_rx.clone()));
+    // The reloaders end at shutdown (`stop`); before that, an end or a panic restarts them.
+    let interval = args.reload_interval;
     if let Some(snapshot) = config_snapshot {
-        tokio::spawn(config_store::reload_loop(
-            store.clone(),
-            snapshot,
-            metrics.clone(),
-            args.reload_interval,
-            stop_rx.clone(),
-        ));
+        let (store, metrics, stop) = (store.clone(), metrics.clone(), stop_rx.clone());
+        tasks.spawn_until("config-reload", Some(stop_rx.clone()), move || {
+            config_store::reload_loop(
+                store.clone(),
+                snapshot.clone(),
+                metrics.clone(),
+                interval,
+                stop.clone(),
+            )
+        });
     }
     if let Some((cert, key, snapshot)) = cert_files {
-        tokio::spawn(tls::reload_loop(
-            cert,
-            key,
-            snapshot,
-            resolver,
-            metrics.clone(),
-            args.reload_interval,
-            stop_rx.clone(),
-        ));
+        let (resolver, metrics, stop) = (resolver.clone(), metrics.clone(), stop_rx.clone());
+        tasks.spawn_until("cert-reload", Some(stop_rx.clone()), move || {
+            tls::reload_loop(
+                cert.clone(),
+                key.clone(),
+                snapshot.clone(),
+                resolver.clone(),
+                metrics.clone(),
+                interval,
+                stop.clone(),
+            )
+        });
     }
     if let Some(auth) = client_auth {
-        tokio::spawn(auth.reload_loop(args.reload_interval, stop_rx.clone()));
+        let stop = stop_rx.clone();
+        tasks.spawn_until("client-ca-reload", Some(stop_rx.clone()), move || {
+            auth.clone().reload_loop(interval, stop.clone())
+        });
     }
     let targets = store.load_current().targets;
     info!(

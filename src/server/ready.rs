@@ -1,5 +1,6 @@
-//! `/readyz`: ready when the TLS listener completes a real handshake, the config is loaded,
-//! every extra check passes (the cluster module adds "caches synced" and capability facts)
+//! `/readyz`: ready when the TLS listener completes a real handshake, the certificate it
+//! serves is valid now (not expired, not before its start, matching its key, and covering
+//! `--tls-server-name` when given), the config is loaded, every extra check passes (the cluster module adds "caches synced" and capability facts)
 //! and the server is not draining. The body lists every check, Kubernetes `?verbose` style.
 
 use std::fmt::Write as _;
@@ -7,7 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::config_store::ConfigStore;
-use super::tls::SelfCheck;
+use super::tls::{CertResolver, SelfCheck};
+
+/// The certificate being served, checked on every probe (a few comparisons).
+pub(crate) struct CertCheck {
+    pub resolver: Arc<CertResolver>,
+    pub server_name: Option<String>,
+}
 
 /// An extra readiness condition. `check` must be cheap (read a flag or a cached fact): it
 /// runs on every probe.
@@ -22,6 +29,7 @@ pub trait ReadinessCheck: Send + Sync {
 pub(crate) struct Readiness {
     draining: AtomicBool,
     tls: SelfCheck,
+    cert: CertCheck,
     config: Arc<ConfigStore>,
     extra: Vec<Arc<dyn ReadinessCheck>>,
 }
@@ -29,12 +37,14 @@ pub(crate) struct Readiness {
 impl Readiness {
     pub(crate) fn new(
         tls: SelfCheck,
+        cert: CertCheck,
         config: Arc<ConfigStore>,
         extra: Vec<Arc<dyn ReadinessCheck>>,
     ) -> Self {
         Self {
             draining: AtomicBool::new(false),
             tls,
+            cert,
             config,
             extra,
         }
@@ -66,6 +76,15 @@ impl Readiness {
                 Ok(detail) => line(true, "tls", &detail),
                 Err(e) => line(false, "tls", &e.to_string()),
             }
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        match self
+            .cert
+            .resolver
+            .check(now, self.cert.server_name.as_deref())
+        {
+            Ok(detail) => line(true, "certificate", &detail),
+            Err(e) => line(false, "certificate", &e.to_string()),
         }
         let cfg = self.config.load_current();
         let source = match self.config.path() {

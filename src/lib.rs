@@ -14,4 +14,5 @@ pub mod cli;
 pub mod cluster;
 pub mod engine;
 pub mod server;
+pub mod tasks;
 pub mod telemetry;

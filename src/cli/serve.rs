@@ -14,6 +14,7 @@ use tracing::{error, info};
 use crate::admission::Offline;
 use crate::cluster::{self, Cluster, ClusterArgs, ClusterMetrics, Started};
 use crate::server::{self, ReadinessCheck, ServerArgs, ServerOptions};
+use crate::tasks::Tasks;
 use crate::telemetry;
 
 // No doc comment: the subcommand's help text is `main`'s.
@@ -52,8 +53,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         });
         // Every file is read and checked before any watch or dry-run probe starts.
         let prepared = server::prepare(&args.server)?;
-        let started = cluster::start(&args.cluster, prepared.targets()).await;
-        server::serve_prepared(args.server, prepared, options(started), async move {
+        let tasks = Tasks::new();
+        let started = cluster::start(&args.cluster, prepared.targets_source(), &tasks).await;
+        server::serve_prepared(args.server, prepared, options(started, tasks), async move {
             let _ = rx.await;
         })
         .await
@@ -62,27 +64,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     result.map(|()| ExitCode::SUCCESS)
 }
 
-/// What the cluster side plugs into the server.
-fn options(started: Started) -> ServerOptions {
+/// What the cluster side plugs into the server; `tasks` supervises both sides' background
+/// tasks.
+fn options(started: Started, tasks: Tasks) -> ServerOptions {
     match started {
         Started::Offline(why) => ServerOptions {
             cluster: Arc::new(Offline),
             readiness: vec![Arc::new(OfflineCheck(why))],
             collectors: Vec::new(),
+            tasks,
         },
-        Started::Online {
-            cluster,
-            caches_required,
-        } => ServerOptions {
+        Started::Online { cluster } => ServerOptions {
             cluster: cluster.clone(),
             readiness: vec![
-                Arc::new(CachesCheck {
-                    cluster: cluster.clone(),
-                    required: caches_required,
-                }),
+                Arc::new(CachesCheck(cluster.clone())),
                 Arc::new(CapabilitiesCheck(cluster.clone())),
             ],
             collectors: vec![Box::new(ClusterMetrics(cluster))],
+            tasks,
         },
     }
 }
@@ -117,11 +116,8 @@ impl Signals {
 
 // ---- /readyz adapters ------------------------------------------------------------------------
 
-/// `cluster-caches`: both caches synced (required when the pod target is on).
-struct CachesCheck {
-    cluster: Arc<Cluster>,
-    required: bool,
-}
+/// `cluster-caches`: the caches the current targets need have listed once.
+struct CachesCheck(Arc<Cluster>);
 
 impl ReadinessCheck for CachesCheck {
     fn name(&self) -> &str {
@@ -129,11 +125,12 @@ impl ReadinessCheck for CachesCheck {
     }
 
     fn check(&self) -> Result<String, Box<dyn Error + Send + Sync>> {
-        Ok(self.cluster.caches_ready(self.required)?)
+        Ok(self.0.caches_ready()?)
     }
 }
 
-/// `cluster-capabilities`: the probe's findings; not ready until the first round finished.
+/// `cluster-capabilities`: the probe's findings; not ready until the API server answered a
+/// probe round.
 struct CapabilitiesCheck(Arc<Cluster>);
 
 impl ReadinessCheck for CapabilitiesCheck {
@@ -163,9 +160,71 @@ impl ReadinessCheck for OfflineCheck {
 mod tests {
     use super::*;
 
+    use crate::cluster::probe::{Capabilities, Round};
+    use crate::engine::{NodeInfo, Targets};
+    use kube::runtime::watcher::Event;
+
     #[test]
     fn offline_check_is_ready() {
-        let detail = OfflineCheck("--no-cluster".into()).check().unwrap();
+        let o = options(Started::Offline("--no-cluster".into()), Tasks::new());
+        let [check] = &o.readiness[..] else {
+            panic!("one check offline")
+        };
+        assert_eq!(check.name(), "cluster");
+        let detail = check.check().unwrap();
         assert!(detail.starts_with("off (--no-cluster)"), "{detail}");
+    }
+
+    /// The checks `/readyz` runs, as `options` composes them: not ready before the first sync
+    /// with the API server, ready after it, and still ready when the API server goes away.
+    #[test]
+    fn online_checks_wait_for_the_first_sync() {
+        let cluster = Arc::new(Cluster::with_targets(Arc::new(|| Targets {
+            pods: true,
+            ..Targets::default()
+        })));
+        let o = options(
+            Started::Online {
+                cluster: cluster.clone(),
+            },
+            Tasks::new(),
+        );
+        let run = || -> Vec<(String, Result<String, String>)> {
+            o.readiness
+                .iter()
+                .map(|c| (c.name().to_owned(), c.check().map_err(|e| e.to_string())))
+                .collect()
+        };
+        let names: Vec<String> = run().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["cluster-caches", "cluster-capabilities"]);
+        let before = run();
+        assert!(before.iter().all(|(_, r)| r.is_err()), "{before:?}");
+        let err = before[0].1.as_ref().unwrap_err();
+        assert!(
+            err.starts_with("waiting for the first list of namespaces, nodes, jobsets"),
+            "{err}"
+        );
+
+        // A round that reached nobody does not count.
+        cluster.record_probe(Round::default());
+        assert!(run()[1].1.is_err());
+        cluster.namespaces().apply(Event::<()>::Init, |()| None);
+        cluster.namespaces().apply(Event::<()>::InitDone, |()| None);
+        cluster.jobsets().apply(Event::<()>::Init, |()| None);
+        cluster.jobsets().apply(Event::<()>::InitDone, |()| None);
+        cluster.nodes().apply(Event::<()>::Init, |()| None);
+        cluster.nodes().apply(Event::InitApply(()), |()| {
+            Some((String::new(), "n".into(), Arc::new(NodeInfo::default())))
+        });
+        cluster.nodes().apply(Event::<()>::InitDone, |()| None);
+        cluster.record_probe(Round {
+            capabilities: Capabilities::default(),
+            answered: true,
+        });
+        let after = run();
+        assert!(after.iter().all(|(_, r)| r.is_ok()), "{after:?}");
+
+        cluster.record_probe(Round::default());
+        assert!(run().iter().all(|(_, r)| r.is_ok()), "latched");
     }
 }

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{Stream, StreamExt as _};
 use kube::runtime::watcher;
@@ -33,6 +33,13 @@ pub struct Cache<V> {
     last_error: Mutex<Option<String>>,
     /// Watch errors since start.
     errors: AtomicU64,
+    /// The last watch error was an answer of the API server (a `Status`, e.g. 403), not a
+    /// failure to reach it: the server is there, it refused.
+    last_error_answered: AtomicBool,
+    /// Unix seconds when the last (re)list completed; 0 before the first.
+    listed_at: AtomicU64,
+    /// Unix seconds of the first error since the watch last worked; 0 while it works.
+    failing_since: AtomicU64,
 }
 
 impl<V: Clone> Cache<V> {
@@ -45,6 +52,9 @@ impl<V: Clone> Cache<V> {
             len: AtomicU64::new(0),
             last_error: Mutex::new(None),
             errors: AtomicU64::new(0),
+            last_error_answered: AtomicBool::new(false),
+            listed_at: AtomicU64::new(0),
+            failing_since: AtomicU64::new(0),
         }
     }
 
@@ -84,6 +94,36 @@ impl<V: Clone> Cache<V> {
         lock(&self.last_error).clone()
     }
 
+    /// The watch is failing and its last error came from the API server itself (it answered
+    /// with a `Status`: RBAC forbids the resource, the API is not served), as opposed to not
+    /// reaching the API server at all.
+    pub fn refused_by_api_server(&self) -> bool {
+        self.last_error().is_some() && self.last_error_answered.load(Ordering::Acquire)
+    }
+
+    /// Unix seconds when the last (re)list completed; 0 before the first.
+    pub fn listed_at(&self) -> u64 {
+        self.listed_at.load(Ordering::Relaxed)
+    }
+
+    /// Unix seconds of the first error since the watch last delivered an event; 0 while it
+    /// works. After the first list the cache keeps serving what it has, so this (not
+    /// readiness) is how staleness shows: `jobset_restart_webhook_cluster_cache_failing_since_timestamp_seconds`.
+    pub fn failing_since(&self) -> u64 {
+        self.failing_since.load(Ordering::Relaxed)
+    }
+
+    /// Forgets everything (the watch was switched off): not synced, empty. Error counts stay.
+    pub fn reset(&self) {
+        *lock(&self.buffer) = None;
+        *self.write() = HashMap::new();
+        self.len.store(0, Ordering::Relaxed);
+        self.synced.store(false, Ordering::Release);
+        self.listed_at.store(0, Ordering::Relaxed);
+        self.failing_since.store(0, Ordering::Relaxed);
+        lock(&self.last_error).take();
+    }
+
     /// A line for `/readyz` and logs, e.g. `synced, 12 objects`.
     pub fn describe(&self) -> String {
         let state = if self.synced() { "synced" } else { "syncing" };
@@ -118,6 +158,7 @@ impl<V: Clone> Cache<V> {
                 let n = count(&fresh);
                 *self.write() = fresh;
                 self.len.store(n, Ordering::Relaxed);
+                self.listed_at.store(unix_now(), Ordering::Relaxed);
                 self.synced.store(true, Ordering::Release);
             }
             watcher::Event::Apply(obj) => {
@@ -154,8 +195,17 @@ impl<V: Clone> Cache<V> {
         self.map.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(super) fn record_error(&self, e: String) -> bool {
+    /// Records a watch error; `answered`: the API server answered (see
+    /// [`Self::refused_by_api_server`]). Returns whether the text differs from the last one.
+    pub(super) fn record_error(&self, e: String, answered: bool) -> bool {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        self.last_error_answered.store(answered, Ordering::Release);
+        let _ = self.failing_since.compare_exchange(
+            0,
+            unix_now().max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         let mut last = lock(&self.last_error);
         let changed = last.as_deref() != Some(e.as_str());
         *last = Some(e);
@@ -163,8 +213,16 @@ impl<V: Clone> Cache<V> {
     }
 
     fn clear_error(&self) -> bool {
+        self.failing_since.store(0, Ordering::Relaxed);
         lock(&self.last_error).take().is_some()
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 fn count<V>(map: &Map<V>) -> u64 {
@@ -240,7 +298,7 @@ pub async fn run_then<K, V, S>(
             }
             Err(e) => {
                 let text = error_text(&e);
-                let changed = cache.record_error(text.clone());
+                let changed = cache.record_error(text.clone(), answered(&e));
                 if changed || last_logged.is_none_or(|t| t.elapsed() >= ERROR_LOG_INTERVAL) {
                     warn!(cache = cache.name(), error = %text, "watch failed; retrying with backoff");
                     last_logged = Some(Instant::now());
@@ -250,16 +308,25 @@ pub async fn run_then<K, V, S>(
     }
 }
 
-/// A watch error in one line, with a hint for the usual causes.
-fn error_text(e: &watcher::Error) -> String {
-    let status = match e {
+/// The `Status` the API server answered with, when the error is one.
+fn status(e: &watcher::Error) -> Option<&kube::core::Status> {
+    match e {
         watcher::Error::InitialListFailed(kube::Error::Api(s))
         | watcher::Error::WatchStartFailed(kube::Error::Api(s))
         | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.as_ref()),
         watcher::Error::WatchError(s) => Some(s.as_ref()),
         _ => None,
-    };
-    match status {
+    }
+}
+
+/// The API server answered (a `Status`), as opposed to a connection, TLS or timeout error.
+fn answered(e: &watcher::Error) -> bool {
+    status(e).is_some()
+}
+
+/// A watch error in one line, with a hint for the usual causes.
+fn error_text(e: &watcher::Error) -> String {
+    match status(e) {
         Some(s) if s.code == 404 => {
             format!("{e}: the API is not served (for JobSets: is the JobSet CRD installed?)")
         }
@@ -341,9 +408,17 @@ mod tests {
     #[test]
     fn errors_are_kept_until_the_next_event() {
         let c: Cache<u32> = Cache::new("test");
-        assert!(c.record_error("boom".into()));
-        assert!(!c.record_error("boom".into()), "same error: not a change");
-        assert!(c.record_error("other".into()));
+        assert!(c.record_error("boom".into(), false));
+        assert!(
+            !c.record_error("boom".into(), false),
+            "same error: not a change"
+        );
+        assert!(!c.refused_by_api_server());
+        let since = c.failing_since();
+        assert!(since > 0);
+        assert!(c.record_error("other".into(), true));
+        assert!(c.refused_by_api_server());
+        assert_eq!(c.failing_since(), since, "failing since the first error");
         assert_eq!(c.errors(), 3);
         assert!(
             c.describe()
@@ -353,6 +428,20 @@ mod tests {
         );
         assert!(c.clear_error());
         assert!(!c.clear_error());
+        assert_eq!(c.failing_since(), 0);
+        assert!(!c.refused_by_api_server());
+    }
+
+    #[test]
+    fn reset_forgets_the_contents() {
+        let c: Cache<u32> = Cache::new("test");
+        c.apply(Event::Init, entry);
+        c.apply(Event::InitApply(("a", "x", 1)), entry);
+        c.apply(Event::InitDone, entry);
+        assert!(c.synced() && c.listed_at() > 0);
+        c.reset();
+        assert!(!c.synced());
+        assert_eq!((c.get("a", "x"), c.len(), c.listed_at()), (None, 0, 0));
     }
 
     #[tokio::test]

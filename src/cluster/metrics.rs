@@ -127,6 +127,47 @@ impl Collector for ClusterMetrics {
         for &(cache, _, s, _) in &caches {
             ConstGauge::new(i64::from(s)).encode(e.encode_family(&CacheLabels { cache })?)?;
         }
+        let mut e = encoder.encode_descriptor(
+            "cluster_cache_last_list_timestamp_seconds",
+            "Unix time the cache's last (re)list completed (absent before the first)",
+            None,
+            g.metric_type(),
+        )?;
+        for (cache, t) in caches.iter().zip([
+            c.namespaces.listed_at(),
+            c.jobsets.listed_at(),
+            c.nodes.listed_at(),
+        ]) {
+            if t > 0 {
+                ConstGauge::new(t as i64).encode(e.encode_family(&CacheLabels { cache })?)?;
+            }
+        }
+        let mut e = encoder.encode_descriptor(
+            "cluster_cache_failing_since_timestamp_seconds",
+            "Unix time of the first watch error since the cache's watch last worked; 0 while it \
+             works. The cache keeps serving its last contents meanwhile (readiness does not \
+             change after the first list): alert on time() minus this when it is not 0",
+            None,
+            g.metric_type(),
+        )?;
+        for (cache, t) in caches.iter().zip([
+            c.namespaces.failing_since(),
+            c.jobsets.failing_since(),
+            c.nodes.failing_since(),
+        ]) {
+            ConstGauge::new(t as i64).encode(e.encode_family(&CacheLabels { cache })?)?;
+        }
+        let answered_at = c.answered_at();
+        if answered_at > 0 {
+            let e = encoder.encode_descriptor(
+                "cluster_capability_last_answered_probe_timestamp_seconds",
+                "Unix time of the last capability probe round the API server answered (the \
+                 capabilities keep their last answers while it cannot be reached)",
+                None,
+                g.metric_type(),
+            )?;
+            ConstGauge::new(answered_at as i64).encode(e)?;
+        }
         let counter = ConstCounter::new(0u64);
         let mut e = encoder.encode_descriptor(
             "cluster_watch_errors",

@@ -6,13 +6,19 @@
 //!   sends metadata only), keeping each namespace's labels (for namespace defaults).
 //! - JobSets (`jobset.x-k8s.io/v1alpha2`): a watch whose objects deserialize straight into
 //!   [`jobset::SlimJobSet`] (names and `restart.jobset.dev/*` annotations only), for the pod
-//!   target's parent lookup.
+//!   target's parent lookup; it runs only while the current config's targets include `pods`
+//!   (switched on and off with the config, [`Cluster::jobset_switch`]).
 //! - Nodes: a watch reduced to [`node::SlimNode`]s (labels, cordon, whether
 //!   `status.declaredFeatures` lists `RestartAllContainersOnContainerExits`), summarised
 //!   into an [`engine::Nodes`] snapshot whenever a node's reduced form changes: the default
 //!   action is `RestartAllContainers` only where the nodes declare it (`engine::nodes`).
 //! - Capabilities: [`probe`] at start and every `--capability-interval`; a failed probe
 //!   keeps the last known answer.
+//!
+//! Every one of these runs as a supervised task ([`crate::tasks`]): restarted when it ends
+//! or panics. `/readyz` waits for the first sync with the API server (the caches listed, one
+//! probe round answered; [`readiness`]); after that, staleness shows in metrics, not in
+//! readiness ([`metrics`]), so that an API-server blip does not take every replica out.
 //!
 //! Without credentials (no kubeconfig, not in a cluster) or with `--no-cluster`, `serve`
 //! runs from annotations and the config file alone and says once which features are off.
@@ -42,6 +48,7 @@ use tracing::{info, warn};
 use crate::admission::ClusterView;
 use crate::args::parse_period;
 use crate::engine::{self, ClusterFacts, NodeInfo, ParentJobSet, Targets};
+use crate::tasks::Tasks;
 use cache::Cache;
 use probe::Capabilities;
 
@@ -67,17 +74,29 @@ pub struct ClusterArgs {
     pub capability_interval: Duration,
 }
 
-/// JobSets per page of the initial list (kube's default is 500; a JobSet with its pod
-/// templates is several KiB of JSON).
-const JOBSET_PAGE: u32 = 100;
+/// JobSets per page of a list (kube's default is 500). A page is read whole into memory
+/// before the slim parser skips the pod templates, and a JobSet may be up to the 1.5 MiB
+/// object limit, so a page can cost up to 20 × 1.5 MiB = 30 MiB at worst (100 of them
+/// would have been 150 MiB, past the Deployment's memory limit).
+const JOBSET_PAGE: u32 = 20;
+
+/// How often the JobSet watch checks whether the config's targets still include `pods`.
+const SWITCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A failed probe round is retried after at most this long.
 const RETRY_INTERVAL: Duration = Duration::from_secs(30);
 
 type Labels = BTreeMap<String, String>;
 
+/// The current targets (the config is re-read while `serve` runs).
+pub type TargetsSource = Arc<dyn Fn() -> Targets + Send + Sync>;
+
 /// The caches and facts the request path reads.
 pub struct Cluster {
+    /// The targets now: whether the JobSet watch runs and `/readyz` waits for it.
+    targets: TargetsSource,
+    /// The supervised JobSet watch while the pod target is on.
+    jobset_watch: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     namespaces: Cache<Arc<Labels>>,
     jobsets: Cache<Arc<jobset::CachedParent>>,
     nodes: Cache<Arc<NodeInfo>>,
@@ -88,6 +107,10 @@ pub struct Cluster {
     probed: AtomicBool,
     /// Unix seconds of the last finished probe round.
     probed_at: AtomicU64,
+    /// Unix seconds of the last probe round that the API server answered (0: none yet).
+    answered_at: AtomicU64,
+    /// Why the last round got no answer, for `/readyz`.
+    unanswered: std::sync::Mutex<Option<String>>,
     /// Pod reviews whose parent JobSet was not in the cache.
     parent_misses: AtomicU64,
     /// Reviews whose namespace was not in the namespace cache.
@@ -104,8 +127,16 @@ impl Default for Cluster {
 }
 
 impl Cluster {
+    /// A cluster view for the default targets (JobSets only).
     pub fn new() -> Self {
+        Self::with_targets(Arc::new(Targets::default))
+    }
+
+    /// A cluster view whose JobSet watch and readiness follow `targets`.
+    pub fn with_targets(targets: TargetsSource) -> Self {
         Self {
+            targets,
+            jobset_watch: std::sync::Mutex::new(None),
             namespaces: Cache::new("namespaces"),
             jobsets: Cache::new("jobsets"),
             nodes: Cache::new("nodes"),
@@ -113,10 +144,17 @@ impl Cluster {
             capabilities: ArcSwap::from_pointee(Capabilities::default()),
             probed: AtomicBool::new(false),
             probed_at: AtomicU64::new(0),
+            answered_at: AtomicU64::new(0),
+            unanswered: std::sync::Mutex::new(None),
             parent_misses: AtomicU64::new(0),
             namespace_misses: AtomicU64::new(0),
             jobsets_watched: AtomicBool::new(false),
         }
+    }
+
+    /// The pod target is on in the current config.
+    pub fn pods_target(&self) -> bool {
+        (self.targets)().pods
     }
 
     pub fn namespaces(&self) -> &Cache<Arc<Labels>> {
@@ -159,18 +197,29 @@ impl Cluster {
     }
 
     /// Stores a probe round's findings over the last known ones; returns the result.
-    pub fn record_probe(&self, found: Capabilities) -> Arc<Capabilities> {
-        let merged = Arc::new(found.over(&self.capabilities.load()));
+    pub fn record_probe(&self, round: probe::Round) -> Arc<Capabilities> {
+        let now = unix_now();
+        let why = (!round.answered).then(|| round.capabilities.restart_policy_rules.detail.clone());
+        let merged = Arc::new(round.capabilities.over(&self.capabilities.load()));
         self.capabilities.store(merged.clone());
-        self.probed_at.store(unix_now(), Ordering::Relaxed);
+        self.probed_at.store(now, Ordering::Relaxed);
+        if round.answered {
+            self.answered_at.store(now.max(1), Ordering::Release);
+        }
+        *self.unanswered.lock().unwrap_or_else(|p| p.into_inner()) = why;
         self.probed.store(true, Ordering::Release);
         merged
+    }
+
+    /// Unix seconds of the last probe round the API server answered; 0 before the first.
+    pub fn answered_at(&self) -> u64 {
+        self.answered_at.load(Ordering::Acquire)
     }
 
     /// The namespaces watch: metadata only, labels kept.
     pub async fn watch_namespaces(&self, client: Client) {
         let api: Api<PartialObjectMeta<Namespace>> = Api::all(client);
-        let stream = watcher(api, watcher::Config::default()).default_backoff();
+        let stream = watcher(api, list_config()).default_backoff();
         let empty: Arc<Labels> = Arc::new(Labels::new());
         cache::run(
             &self.namespaces,
@@ -192,7 +241,7 @@ impl Cluster {
     /// is parsed, and the allocator keeps that peak.
     pub async fn watch_jobsets(&self, client: Client) {
         let api: Api<jobset::SlimJobSet> = Api::all(client);
-        let config = watcher::Config::default().page_size(JOBSET_PAGE);
+        let config = list_config().page_size(JOBSET_PAGE);
         let stream = watcher(api, config).default_backoff();
         let empty = Arc::new(jobset::CachedParent::default());
         cache::run(&self.jobsets, stream, |js: jobset::SlimJobSet| {
@@ -213,7 +262,7 @@ impl Cluster {
     /// (conditions, images) change none of it and cost a comparison only.
     pub async fn watch_nodes(&self, client: Client) {
         let api: Api<node::SlimNode> = Api::all(client);
-        let config = watcher::Config::default().page_size(node::PAGE);
+        let config = list_config().page_size(node::PAGE);
         let stream = watcher(api, config).default_backoff();
         let changed = AtomicBool::new(false);
         cache::run_then(
@@ -240,16 +289,59 @@ impl Cluster {
         .await;
     }
 
-    /// Probes now and then every `interval` (sooner after a round that could not tell).
-    pub async fn probe_loop(&self, client: Client, namespace: String, interval: Duration) {
+    /// Runs the JobSet watch (supervised, as `jobsets-watch`) while the current targets
+    /// include `pods`, checking every [`SWITCH_INTERVAL`]: switching the pod target off
+    /// stops the watch and empties its cache (no memory held for nothing); switching it on
+    /// starts it, and `/readyz` waits for its first list.
+    pub async fn jobset_switch(self: Arc<Self>, client: Client, tasks: Tasks) {
         loop {
-            let found = probe::probe(&client, &namespace).await;
+            self.switch_jobset_watch(&client, &tasks);
+            tokio::time::sleep(SWITCH_INTERVAL).await;
+        }
+    }
+
+    /// Starts or stops the JobSet watch to match the current targets.
+    fn switch_jobset_watch(self: &Arc<Self>, client: &Client, tasks: &Tasks) {
+        let want = self.pods_target();
+        let mut running = self.jobset_watch.lock().unwrap_or_else(|p| p.into_inner());
+        match (running.is_some(), want) {
+            (false, true) => {
+                let (c, cl) = (self.clone(), client.clone());
+                *running = Some(tasks.spawn("jobsets-watch", move || {
+                    let (c, cl) = (c.clone(), cl.clone());
+                    async move { c.watch_jobsets(cl).await }
+                }));
+                info!("the pod target is on: watching JobSets");
+            }
+            (true, false) => {
+                if let Some(watch) = running.take() {
+                    watch.abort();
+                }
+                self.jobsets.reset();
+                info!("the pod target is off: stopped watching JobSets");
+            }
+            _ => {}
+        }
+    }
+
+    /// Probes now and then every `interval` (sooner after a round that could not tell).
+    /// Until the API server has answered once (readiness waits for that), rounds are retried
+    /// after 1 s, doubling up to [`RETRY_INTERVAL`].
+    pub async fn probe_loop(&self, client: Client, namespace: String, interval: Duration) {
+        let mut first_retry = Duration::from_secs(1);
+        loop {
+            let found = probe::probe_round(&client, &namespace).await;
             let before = self.capabilities();
             let first = !self.probed.load(Ordering::Acquire);
+            let answered = found.answered;
             let now = self.record_probe(found);
             log_changes(first, &before, &now);
-            let incomplete = now.gauges().iter().any(|(_, v)| v.is_none());
-            let wait = if incomplete {
+            let incomplete = !answered || now.gauges().iter().any(|(_, v)| v.is_none());
+            let wait = if self.answered_at() == 0 {
+                let wait = first_retry;
+                first_retry = (first_retry * 2).min(RETRY_INTERVAL);
+                wait.min(interval)
+            } else if incomplete {
                 interval.min(RETRY_INTERVAL)
             } else {
                 interval
@@ -323,6 +415,15 @@ impl ClusterView for Cluster {
     }
 }
 
+/// The caches' watcher settings: lists may be served from the API server's watch cache
+/// (`resourceVersion=0`, [`watcher::ListSemantic::Any`]) instead of a quorum read from etcd.
+/// Safe here: the watch that follows starts from the list's resourceVersion and delivers
+/// every later change, so a list that lags only delays what the watch then brings, and
+/// every replica relisting at once after an API-server restart does not hit etcd.
+fn list_config() -> watcher::Config {
+    watcher::Config::default().any_semantic()
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -360,18 +461,15 @@ pub enum Started {
     /// No cluster (`--no-cluster`, or no credentials): why, in a few words.
     Offline(String),
     /// Watches and probes run in the background and fill `cluster`.
-    Online {
-        cluster: Arc<Cluster>,
-        /// The pod target is on: `/readyz` waits for the caches.
-        caches_required: bool,
-    },
+    Online { cluster: Arc<Cluster> },
 }
 
 /// Connects to the cluster (when there are credentials) and starts the caches and the
-/// probes on the current runtime. Never fails: without a cluster the webhook serves from
-/// annotations and config alone. `targets` are the ones `serve` starts with; they decide
-/// whether `/readyz` waits for the caches.
-pub async fn start(args: &ClusterArgs, targets: Targets) -> Started {
+/// probes on the current runtime, each supervised by `tasks`. Never fails: without a
+/// cluster the webhook serves from annotations and config alone. `targets` gives the
+/// current targets: the JobSet watch runs, and `/readyz` waits for it, only while they
+/// include `pods`.
+pub async fn start(args: &ClusterArgs, targets: TargetsSource, tasks: &Tasks) -> Started {
     let off = |why: &str, error: String| {
         warn!(
             reason = %why,
@@ -400,35 +498,35 @@ pub async fn start(args: &ClusterArgs, targets: Targets) -> Started {
         .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
-    let cluster = Arc::new(Cluster::new());
-    let c = cluster.clone();
-    let cl = client.clone();
-    tokio::spawn(async move { c.watch_namespaces(cl).await });
-    if targets.pods {
-        cluster.jobsets_watched.store(true, Ordering::Relaxed);
-        let c = cluster.clone();
-        let cl = client.clone();
-        tokio::spawn(async move { c.watch_jobsets(cl).await });
-    }
-    let c = cluster.clone();
-    let cl = client.clone();
-    tokio::spawn(async move { c.watch_nodes(cl).await });
-    let c = cluster.clone();
+    let cluster = Arc::new(Cluster::with_targets(targets));
+    let (c, cl) = (cluster.clone(), client.clone());
+    tasks.spawn("namespaces-watch", move || {
+        let (c, cl) = (c.clone(), cl.clone());
+        async move { c.watch_namespaces(cl).await }
+    });
+    let (c, cl) = (cluster.clone(), client.clone());
+    tasks.spawn("nodes-watch", move || {
+        let (c, cl) = (c.clone(), cl.clone());
+        async move { c.watch_nodes(cl).await }
+    });
+    let (c, cl, t) = (cluster.clone(), client.clone(), tasks.clone());
+    tasks.spawn("jobsets-switch", move || {
+        c.clone().jobset_switch(cl.clone(), t.clone())
+    });
     let interval = args.capability_interval;
-    let ns = namespace.clone();
-    tokio::spawn(async move { c.probe_loop(client, ns, interval).await });
+    let (c, ns) = (cluster.clone(), namespace.clone());
+    tasks.spawn("capability-probe", move || {
+        let (c, cl, ns) = (c.clone(), client.clone(), ns.clone());
+        async move { c.probe_loop(cl, ns, interval).await }
+    });
     info!(
         probe_namespace = %namespace,
         capability_interval = ?interval,
-        readiness_waits_for_caches = targets.pods,
-        jobsets_watched = targets.pods,
+        pod_target = cluster.pods_target(),
         "cluster: watching namespaces, nodes and (with the pod target) JobSets, probing \
-         capabilities"
+         capabilities; /readyz waits for their first sync"
     );
-    Started::Online {
-        cluster,
-        caches_required: targets.pods,
-    }
+    Started::Online { cluster }
 }
 
 impl std::fmt::Debug for Cluster {

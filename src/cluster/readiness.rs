@@ -1,55 +1,79 @@
-//! The cluster's side of `/readyz`: whether the caches and the capability facts are there
-//! yet. The composition root (`cli::serve`) shows these as the server's readiness checks.
-
-use std::sync::atomic::Ordering;
+//! The cluster's side of `/readyz`: the first sync with the API server. The composition root
+//! (`cli::serve`) shows these as the server's readiness checks.
+//!
+//! Ready means the API server has been *reached*, not that a loop finished: the caches have
+//! completed their first list (namespaces and nodes always, JobSets while the current
+//! targets include `pods`) and at least one capability probe round got an answer. A
+//! kubeconfig whose API server does not answer keeps the replica not ready, so it never
+//! decides requests on a guess (no namespace defaults, no parents, the default action of an
+//! unknown cluster).
+//!
+//! Every condition latches: once a cache has listed or a probe was answered, losing the API
+//! server later does not fail readiness (that would take every replica out of the endpoints
+//! at once, blocking what the webhook guards, for a blip). Staleness after the first sync
+//! shows in the metrics instead (`cluster_cache_failing_since_timestamp_seconds`,
+//! `cluster_capability_last_answered_probe_timestamp_seconds`; see the README's "Readiness
+//! and staleness"). The one exception: switching the pod target on (a config reload)
+//! starts the JobSet watch, and readiness waits for its first list.
 
 use super::Cluster;
 
 /// Why the cluster side is not ready yet.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NotReady {
-    /// The pod target is on and a cache has not completed its first list.
-    #[error("{0}; the pod target needs both synced")]
-    CachesSyncing(String),
-    #[error("probing the API server (first round not finished)")]
-    FirstProbeRunning,
-    #[error("listing the nodes ({0})")]
-    ListingNodes(String),
+    /// A cache this configuration needs has not completed its first list.
+    #[error("waiting for the first list of {waiting}: {detail}")]
+    CachesSyncing { waiting: String, detail: String },
+    /// No probe round has reached the API server yet.
+    #[error("no capability probe has reached the API server yet ({0})")]
+    NoAnsweredProbe(String),
 }
 
 impl Cluster {
-    /// `cluster-caches`: the namespace and JobSet caches are synced (only `required` when
-    /// the pod target is on). The detail describes every cache.
-    pub fn caches_ready(&self, required: bool) -> Result<String, NotReady> {
-        let jobsets = if self.jobsets_watched.load(Ordering::Relaxed) {
-            self.jobsets.describe()
+    /// `cluster-caches`: the namespace and node caches have listed (a node watch that the API
+    /// server refuses, RBAC without nodes, does not hold readiness back: the webhook then
+    /// works without node awareness, and says so here), and the JobSet cache too while the
+    /// pod target is on. The detail describes every cache.
+    pub fn caches_ready(&self) -> Result<String, NotReady> {
+        let pods = self.pods_target();
+        let mut detail = format!("{}; {}", self.namespaces.describe(), self.nodes.describe());
+        if pods {
+            detail.push_str("; ");
+            detail.push_str(&self.jobsets.describe());
         } else {
-            "jobsets not watched (pod target off)".to_owned()
-        };
-        let detail = format!(
-            "{}; {jobsets}; {}",
-            self.namespaces.describe(),
-            self.nodes.describe()
-        );
-        let synced = self.namespaces.synced() && self.jobsets.synced();
-        if synced || !required {
+            detail.push_str("; jobsets not watched (the pod target is off)");
+        }
+        let mut waiting = Vec::new();
+        if !self.namespaces.synced() {
+            waiting.push(self.namespaces.name());
+        }
+        if !self.nodes.synced() && !self.nodes.refused_by_api_server() {
+            waiting.push(self.nodes.name());
+        }
+        if pods && !self.jobsets.synced() {
+            waiting.push(self.jobsets.name());
+        }
+        if waiting.is_empty() {
             Ok(detail)
         } else {
-            Err(NotReady::CachesSyncing(detail))
+            Err(NotReady::CachesSyncing {
+                waiting: waiting.join(", "),
+                detail,
+            })
         }
     }
 
-    /// `cluster-capabilities`: the probe's findings; not ready until the first round
-    /// finished, so no request is decided on a guess right after start.
+    /// `cluster-capabilities`: the probe's findings; not ready until a round got an answer
+    /// from the API server, so no request is decided on a guess right after start.
     pub fn capabilities_ready(&self) -> Result<String, NotReady> {
-        if !self.probed.load(Ordering::Acquire) {
-            return Err(NotReady::FirstProbeRunning);
-        }
-        // Until the nodes are listed the default action would follow the API server alone.
-        // A node watch that fails (RBAC without nodes, say) does not hold readiness back:
-        // the webhook then works as it did without node awareness, and says so here.
-        if !self.nodes.synced() && self.nodes.errors() == 0 {
-            return Err(NotReady::ListingNodes(self.nodes.describe()));
+        if self.answered_at() == 0 {
+            let why = self
+                .unanswered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_else(|| "first round running".to_owned());
+            return Err(NotReady::NoAnsweredProbe(why));
         }
         Ok(self.capabilities_detail())
     }

@@ -1,28 +1,53 @@
 use super::*;
 use probe::Finding;
 use prometheus_client::registry::Registry;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// The `/readyz` checks as the composition root (`cli::serve`) shows them.
-struct CachesCheck {
-    cluster: Arc<Cluster>,
-    required: bool,
-}
-
-impl CachesCheck {
-    fn check(&self) -> Result<String, String> {
-        self.cluster
-            .caches_ready(self.required)
-            .map_err(|e| e.to_string())
+/// A round the API server answered.
+fn answered(capabilities: Capabilities) -> probe::Round {
+    probe::Round {
+        capabilities,
+        answered: true,
     }
 }
 
-struct CapabilitiesCheck(Arc<Cluster>);
-
-impl CapabilitiesCheck {
-    fn check(&self) -> Result<String, String> {
-        self.0.capabilities_ready().map_err(|e| e.to_string())
+/// A round that reached nobody (connection refused).
+fn unanswered() -> probe::Round {
+    probe::Round {
+        capabilities: Capabilities {
+            restart_policy_rules: Finding {
+                value: None,
+                detail: "the dry-run Pod probe failed: connection refused".into(),
+            },
+            ..Capabilities::default()
+        },
+        answered: false,
     }
+}
+
+fn list(cache: &Cache<Arc<NodeInfo>>, names: &[&str]) {
+    cache.apply(watcher::Event::<()>::Init, |()| None);
+    for name in names {
+        cache.apply(watcher::Event::InitApply(()), |()| {
+            Some((
+                String::new(),
+                (*name).to_owned(),
+                Arc::new(NodeInfo::default()),
+            ))
+        });
+    }
+    cache.apply(watcher::Event::<()>::InitDone, |()| None);
+}
+
+/// Targets that a test flips, as a config reload would.
+fn switchable(pods: bool) -> (Arc<AtomicBool>, TargetsSource) {
+    let flag = Arc::new(AtomicBool::new(pods));
+    let f = flag.clone();
+    let source: TargetsSource = Arc::new(move || Targets {
+        pods: f.load(Ordering::SeqCst),
+        ..Targets::default()
+    });
+    (flag, source)
 }
 
 fn known(v: bool) -> Finding {
@@ -65,56 +90,136 @@ fn view_reads_the_caches() {
 }
 
 #[test]
-fn a_failing_node_watch_does_not_hold_readiness_back() {
-    let c = Arc::new(Cluster::new());
-    c.record_probe(Capabilities::default());
-    let caps = CapabilitiesCheck(c.clone());
-    assert!(caps.check().is_err());
-    c.nodes.record_error("nodes is forbidden".into());
-    let detail: serde_json::Value = serde_json::from_str(&caps.check().unwrap()).unwrap();
+fn a_node_watch_the_api_server_refuses_does_not_hold_readiness_back() {
+    let c = Cluster::new();
+    c.namespaces.apply(watcher::Event::<()>::Init, |()| None);
+    c.namespaces
+        .apply(watcher::Event::<()>::InitDone, |()| None);
+    let e = c.caches_ready().unwrap_err().to_string();
+    assert!(
+        e.starts_with("waiting for the first list of nodes: "),
+        "{e}"
+    );
+    // Not reaching the API server is not a refusal: still waiting.
+    c.nodes.record_error(
+        "failed to perform initial object list: connection refused".into(),
+        false,
+    );
+    assert!(c.caches_ready().is_err());
+    // RBAC without nodes: the server answered 403; the webhook works without node awareness.
+    c.nodes.record_error("nodes is forbidden".into(), true);
+    let detail = c.caches_ready().unwrap();
+    assert!(
+        detail.contains("nodes syncing, 0 objects (last watch error: nodes is forbidden)"),
+        "{detail}"
+    );
+    c.record_probe(answered(Capabilities::default()));
+    let detail: serde_json::Value = serde_json::from_str(&c.capabilities_ready().unwrap()).unwrap();
     assert_eq!(detail["nodes"], serde_json::Value::Null);
     assert_eq!(c.facts().nodes, None);
 }
 
+/// A kubeconfig whose API server does not answer: probe rounds finish (with every answer
+/// unknown) but none reached it, so the replica is not ready; once one is answered it is, and
+/// later rounds that reach nobody do not take it back (staleness is a metric).
+#[test]
+fn readiness_needs_an_answered_probe_and_then_latches() {
+    let c = Cluster::new();
+    let e = c.capabilities_ready().unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "no capability probe has reached the API server yet (first round running)"
+    );
+    c.record_probe(unanswered());
+    let e = c.capabilities_ready().unwrap_err().to_string();
+    assert!(e.contains("connection refused"), "{e}");
+    assert_eq!(c.answered_at(), 0);
+    c.record_probe(answered(Capabilities {
+        server_version: Some("v1.36.2".into()),
+        restart_all_containers: known(true),
+        ..Capabilities::default()
+    }));
+    assert!(c.capabilities_ready().is_ok());
+    let at = c.answered_at();
+    assert!(at > 0);
+    c.record_probe(unanswered());
+    assert!(
+        c.capabilities_ready().is_ok(),
+        "latched after the first answer"
+    );
+    assert_eq!(c.answered_at(), at);
+    assert_eq!(
+        c.facts().restart_all_containers,
+        Some(true),
+        "last answer kept"
+    );
+}
+
+/// `/readyz` follows the targets as they are now, not as they were at start: the JobSet cache
+/// is waited for exactly while the pod target is on.
+#[test]
+fn readiness_follows_the_current_targets() {
+    let (pods, targets) = switchable(false);
+    let c = Cluster::with_targets(targets);
+    c.namespaces.apply(watcher::Event::<()>::Init, |()| None);
+    c.namespaces
+        .apply(watcher::Event::<()>::InitDone, |()| None);
+    list(&c.nodes, &["a"]);
+    let detail = c.caches_ready().unwrap();
+    assert!(
+        detail.ends_with("jobsets not watched (the pod target is off)"),
+        "{detail}"
+    );
+    pods.store(true, Ordering::SeqCst);
+    let e = c.caches_ready().unwrap_err().to_string();
+    assert!(
+        e.starts_with("waiting for the first list of jobsets: "),
+        "{e}"
+    );
+    c.jobsets.apply(watcher::Event::<()>::Init, |()| None);
+    c.jobsets.apply(watcher::Event::<()>::InitDone, |()| None);
+    assert!(c.caches_ready().is_ok());
+    // Off again: the watch stops and its cache is dropped; readiness no longer needs it.
+    pods.store(false, Ordering::SeqCst);
+    c.jobsets.reset();
+    assert!(c.caches_ready().is_ok());
+    // A watch failing after the first list keeps the cache serving and readiness green;
+    // the metrics say since when it fails.
+    c.namespaces
+        .record_error("connection refused".into(), false);
+    assert!(c.caches_ready().is_ok());
+    assert!(c.namespaces.failing_since() > 0);
+}
+
 #[test]
 fn readiness_and_metrics() {
-    let c = Arc::new(Cluster::new());
-    // As `start` sets it with the pod target on.
-    c.jobsets_watched.store(true, Ordering::Relaxed);
-    let caches = CachesCheck {
-        cluster: c.clone(),
-        required: true,
-    };
-    let optional = CachesCheck {
-        cluster: c.clone(),
-        required: false,
-    };
-    let caps = CapabilitiesCheck(c.clone());
-    assert!(caches.check().is_err());
-    assert!(optional.check().is_ok());
-    assert!(caps.check().is_err());
+    let (_, targets) = switchable(true);
+    let c = Arc::new(Cluster::with_targets(targets));
+    let e = c.caches_ready().unwrap_err().to_string();
+    assert!(
+        e.starts_with("waiting for the first list of namespaces, nodes, jobsets: "),
+        "{e}"
+    );
+    assert!(c.capabilities_ready().is_err());
 
     c.namespaces.apply(watcher::Event::<()>::Init, |()| None);
     c.namespaces
         .apply(watcher::Event::<()>::InitDone, |()| None);
-    assert!(caches.check().is_err(), "jobsets not synced yet");
     c.jobsets.apply(watcher::Event::<()>::Init, |()| None);
     c.jobsets.apply(watcher::Event::<()>::InitDone, |()| None);
-    let detail = caches.check().unwrap();
+    let e = c.caches_ready().unwrap_err().to_string();
     assert!(
-        detail.contains("namespaces synced, 0 objects; jobsets synced"),
-        "{detail}"
+        e.starts_with("waiting for the first list of nodes: "),
+        "{e}"
     );
 
-    c.record_probe(Capabilities {
+    c.record_probe(answered(Capabilities {
         server_version: Some("v1.36.2".into()),
         restart_policy_rules: known(true),
         restart_all_containers: known(false),
         jobset_crd_installed: known(true),
         jobset_crd_keeps_rules: Finding::default(),
-    });
-    let waiting = caps.check().unwrap_err();
-    assert!(waiting.starts_with("listing the nodes"), "{waiting}");
+    }));
     let node = |declares| NodeInfo {
         declares,
         ..NodeInfo::default()
@@ -127,7 +232,12 @@ fn readiness_and_metrics() {
     }
     c.nodes.apply(watcher::Event::<()>::InitDone, |()| None);
     c.summarise_nodes();
-    let detail: serde_json::Value = serde_json::from_str(&caps.check().unwrap()).unwrap();
+    let detail = c.caches_ready().unwrap();
+    assert!(
+        detail.contains("namespaces synced, 0 objects; nodes synced, 3 objects; jobsets synced"),
+        "{detail}"
+    );
+    let detail: serde_json::Value = serde_json::from_str(&c.capabilities_ready().unwrap()).unwrap();
     assert_eq!(
         detail["nodes"],
         json!({"total": 3, "schedulable": 3, "declaringRestartAllContainers": 2})
@@ -166,6 +276,39 @@ fn readiness_and_metrics() {
     assert!(
         text.contains("jobset_restart_webhook_cluster_capability_last_probe_timestamp_seconds ")
     );
+    for series in [
+        "jobset_restart_webhook_cluster_capability_last_answered_probe_timestamp_seconds ",
+        "jobset_restart_webhook_cluster_cache_last_list_timestamp_seconds{cache=\"nodes\"} ",
+        "jobset_restart_webhook_cluster_cache_failing_since_timestamp_seconds{cache=\"namespaces\"} 0",
+    ] {
+        assert!(text.contains(series), "{series} not in\n{text}");
+    }
+}
+
+/// The JobSet watch runs only while the pod target is on, and switching it off drops the
+/// cache. The client points at a closed port: the watch itself only fails and retries.
+#[tokio::test]
+async fn the_jobset_watch_follows_the_pod_target() {
+    let (pods, targets) = switchable(false);
+    let c = Arc::new(Cluster::with_targets(targets));
+    let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+    let client = Client::try_from(config).unwrap();
+    let tasks = Tasks::new();
+    let running = |c: &Cluster| c.jobset_watch.lock().unwrap().is_some();
+    c.switch_jobset_watch(&client, &tasks);
+    assert!(!running(&c));
+    pods.store(true, Ordering::SeqCst);
+    c.switch_jobset_watch(&client, &tasks);
+    assert!(running(&c));
+    c.switch_jobset_watch(&client, &tasks);
+    c.jobsets.apply(watcher::Event::<()>::Init, |()| None);
+    c.jobsets.apply(watcher::Event::<()>::InitDone, |()| None);
+    assert!(c.jobsets.synced());
+    pods.store(false, Ordering::SeqCst);
+    c.switch_jobset_watch(&client, &tasks);
+    assert!(!running(&c));
+    assert!(!c.jobsets.synced(), "the cache was dropped");
+    assert_eq!(tasks.restarts("jobsets-watch"), 0);
 }
 
 /// Without the pod target the JobSet watch does not run: readiness and the metrics say so

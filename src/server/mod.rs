@@ -54,6 +54,7 @@ use crate::args::{
     DELAY, PERIOD, TIMEOUT, parse_bytes, parse_delay, parse_period, parse_targets, parse_timeout,
 };
 use crate::engine::Targets;
+use crate::tasks::Tasks;
 use crate::telemetry::{LogFormat, Metrics};
 
 pub use body::MAX_BODY;
@@ -98,6 +99,11 @@ pub struct ServerArgs {
     /// without TLS 1.3.
     #[arg(long, env = "JRW_TLS_MIN_VERSION", value_enum, default_value_t = TlsMinVersion::V1_3)]
     pub tls_min_version: TlsMinVersion,
+    /// The name the API server dials (the Service's `<service>.<namespace>.svc`). When given,
+    /// `/readyz` fails while the serving certificate does not cover it (a rotation to a
+    /// certificate for another name).
+    #[arg(long, env = "JRW_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
     /// Cluster config file (YAML): defaults, presets, targets. Re-read when it changes.
     #[arg(long, env = "JRW_CONFIG")]
     pub config: Option<PathBuf>,
@@ -168,6 +174,9 @@ pub struct ServerOptions {
     pub readiness: Vec<Arc<dyn ReadinessCheck>>,
     /// Extra metrics computed at scrape time (e.g. the cluster caches and capabilities).
     pub collectors: Vec<Box<dyn prometheus_client::collector::Collector>>,
+    /// The supervisor of the background tasks (the reloaders here; the cluster side's
+    /// watches and probe loop when it shares it); its restart counts are exported.
+    pub tasks: Tasks,
 }
 
 impl Default for ServerOptions {
@@ -176,6 +185,7 @@ impl Default for ServerOptions {
             cluster: Arc::new(Offline),
             readiness: Vec::new(),
             collectors: Vec::new(),
+            tasks: Tasks::new(),
         }
     }
 }
@@ -199,6 +209,13 @@ impl Prepared {
     /// default.
     pub fn targets(&self) -> Targets {
         self.store.load_current().targets
+    }
+
+    /// The targets as they are now, for as long as the server runs (the config file is
+    /// re-read when it changes).
+    pub fn targets_source(&self) -> Arc<dyn Fn() -> Targets + Send + Sync> {
+        let store = self.store.clone();
+        Arc::new(move || store.load_current().targets)
     }
 }
 
@@ -254,7 +271,7 @@ pub fn prepare(args: &ServerArgs) -> anyhow::Result<Prepared> {
         }
         _ => bail!("--tls-cert and --tls-key go together: give both or neither"),
     };
-    let resolver = Arc::new(tls::CertResolver::new(cert.key.clone()));
+    let resolver = Arc::new(tls::CertResolver::new(&cert));
     let client_auth = tls::ClientAuth::load(args.client_ca.as_deref())?;
     let tls_config =
         tls::server_config(resolver.clone(), args.tls_min_version, client_auth.as_ref())?;
@@ -300,6 +317,8 @@ pub async fn serve_prepared(
     for c in options.collectors {
         metrics.register_collector(c);
     }
+    let tasks = options.tasks;
+    metrics.register_collector(Box::new(tasks.clone()));
     let metrics = Arc::new(metrics);
     config_store::record_initial(&metrics);
     metrics.cert_not_after.set(loaded.not_after);
@@ -336,6 +355,10 @@ pub async fn serve_prepared(
         ready::Listening {
             addr: tls_addr,
             accepting: accepting.clone(),
+        },
+        ready::CertCheck {
+            resolver: resolver.clone(),
+            server_name: args.tls_server_name.clone(),
         },
         store.clone(),
         options.readiness,
@@ -415,28 +438,39 @@ pub async fn serve_prepared(
         stop_rx.clone(),
     ));
     let admin_accept = tokio::spawn(conn::accept_loop(admin_listener, admin, stop_rx.clone()));
+    // The reloaders end at shutdown (`stop`); before that, an end or a panic restarts them.
+    let interval = args.reload_interval;
     if let Some(snapshot) = config_snapshot {
-        tokio::spawn(config_store::reload_loop(
-            store.clone(),
-            snapshot,
-            metrics.clone(),
-            args.reload_interval,
-            stop_rx.clone(),
-        ));
+        let (store, metrics, stop) = (store.clone(), metrics.clone(), stop_rx.clone());
+        tasks.spawn_until("config-reload", Some(stop_rx.clone()), move || {
+            config_store::reload_loop(
+                store.clone(),
+                snapshot.clone(),
+                metrics.clone(),
+                interval,
+                stop.clone(),
+            )
+        });
     }
     if let Some((cert, key, snapshot)) = cert_files {
-        tokio::spawn(tls::reload_loop(
-            cert,
-            key,
-            snapshot,
-            resolver,
-            metrics.clone(),
-            args.reload_interval,
-            stop_rx.clone(),
-        ));
+        let (resolver, metrics, stop) = (resolver.clone(), metrics.clone(), stop_rx.clone());
+        tasks.spawn_until("cert-reload", Some(stop_rx.clone()), move || {
+            tls::reload_loop(
+                cert.clone(),
+                key.clone(),
+                snapshot.clone(),
+                resolver.clone(),
+                metrics.clone(),
+                interval,
+                stop.clone(),
+            )
+        });
     }
     if let Some(auth) = client_auth {
-        tokio::spawn(auth.reload_loop(args.reload_interval, stop_rx.clone()));
+        let stop = stop_rx.clone();
+        tasks.spawn_until("client-ca-reload", Some(stop_rx.clone()), move || {
+            auth.clone().reload_loop(interval, stop.clone())
+        });
     }
     let targets = store.load_current().targets;
     info!(

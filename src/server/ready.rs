@@ -1,7 +1,9 @@
 //! `/readyz`: ready when the webhook port's accept loop runs, a real TLS handshake with the
 //! same TLS configuration completes (on a private loopback listener, so the webhook port's
-//! connection cap cannot fail it: see `server::serve_prepared`), the config is loaded,
-//! every extra check passes (the cluster module adds "caches synced" and capability facts)
+//! connection cap cannot fail it: see `server::serve_prepared`), the certificate it serves is
+//! valid now (not expired, not before its start, matching its key, and covering
+//! `--tls-server-name` when given), the config is loaded, every extra check passes (the
+//! cluster module adds "caches synced" and capability facts)
 //! and the server is not draining. The body lists every check, Kubernetes `?verbose` style.
 
 use std::fmt::Write as _;
@@ -9,7 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::config_store::ConfigStore;
-use super::tls::SelfCheck;
+use super::tls::{CertResolver, SelfCheck};
+
+/// The certificate being served, checked on every probe (a few comparisons).
+pub(crate) struct CertCheck {
+    pub resolver: Arc<CertResolver>,
+    pub server_name: Option<String>,
+}
 
 /// An extra readiness condition. `check` must be cheap (read a flag or a cached fact): it
 /// runs on every probe.
@@ -31,6 +39,7 @@ pub(crate) struct Readiness {
     draining: AtomicBool,
     listening: Listening,
     tls: SelfCheck,
+    cert: CertCheck,
     config: Arc<ConfigStore>,
     extra: Vec<Arc<dyn ReadinessCheck>>,
 }
@@ -39,6 +48,7 @@ impl Readiness {
     pub(crate) fn new(
         tls: SelfCheck,
         listening: Listening,
+        cert: CertCheck,
         config: Arc<ConfigStore>,
         extra: Vec<Arc<dyn ReadinessCheck>>,
     ) -> Self {
@@ -46,6 +56,7 @@ impl Readiness {
             draining: AtomicBool::new(false),
             listening,
             tls,
+            cert,
             config,
             extra,
         }
@@ -87,6 +98,15 @@ impl Readiness {
                 Ok(detail) => line(true, "tls", &detail),
                 Err(e) => line(false, "tls", &e.to_string()),
             }
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        match self
+            .cert
+            .resolver
+            .check(now, self.cert.server_name.as_deref())
+        {
+            Ok(detail) => line(true, "certificate", &detail),
+            Err(e) => line(false, "certificate", &e.to_string()),
         }
         let cfg = self.config.load_current();
         let source = match self.config.path() {

@@ -60,19 +60,39 @@ pub struct Webhook {
 impl Webhook {
     /// Starts `serve` with `args` added to the test defaults (JSON logs, port 0 on loopback).
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--log-format",
-                "json",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                // Hermetic: never the developer's kubeconfig (the cluster features have their
-                // own tests on the real control plane, tests/e2e).
-                "--no-cluster",
-            ])
+        Self::start_with(args, None)
+    }
+
+    /// [`Webhook::start`] with the cluster side on, reading `kubeconfig` (and nothing of the
+    /// developer's: no `~/.kube/config`, no in-cluster variables).
+    pub fn start_with_kubeconfig(kubeconfig: &Path, args: &[&str]) -> Self {
+        Self::start_with(args, Some(kubeconfig))
+    }
+
+    fn start_with(args: &[&str], kubeconfig: Option<&Path>) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "serve",
+            "--log-format",
+            "json",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ]);
+        match kubeconfig {
+            Some(path) => {
+                cmd.env("KUBECONFIG", path)
+                    .env_remove("KUBERNETES_SERVICE_HOST")
+                    .env_remove("KUBERNETES_SERVICE_PORT");
+            }
+            // Hermetic: never the developer's kubeconfig (the cluster features have their
+            // own tests on the real control plane, tests/e2e).
+            None => {
+                cmd.arg("--no-cluster");
+            }
+        }
+        let mut child = cmd
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -2,6 +2,7 @@
 //! `certs` subcommand, HTTP/1.1 clients that trust only the test CA.
 
 mod lifecycle;
+mod readiness;
 mod startup;
 
 use std::path::{Path, PathBuf};

@@ -186,16 +186,36 @@ pub const PROBE_POD_PREFIX: &str = "jobset-restart-webhook-probe-";
 /// One probe round against the cluster. Never fails: what could not be learned is
 /// `unknown` with the reason.
 pub async fn probe(client: &kube::Client, namespace: &str) -> Capabilities {
-    let server_version = match with_timeout(client.apiserver_version()).await {
-        Ok(info) => Some(info.git_version),
-        Err(_) => None,
-    };
+    probe_round(client, namespace).await.capabilities
+}
+
+/// What one probe round found, and whether the API server answered at all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Round {
+    pub capabilities: Capabilities,
+    /// At least one request got an HTTP answer from the API server (a success or a `Status`
+    /// such as 403): the server was reached. A round without one (connection refused, TLS,
+    /// timeouts) learned nothing, whatever the findings say.
+    pub answered: bool,
+}
+
+/// The request reached the API server: it answered, successfully or with a `Status`.
+fn reached<T>(r: &Result<T, Failure>) -> bool {
+    matches!(r, Ok(_) | Err(Failure::Api { .. }))
+}
+
+/// [`probe`], also telling whether any request was answered.
+pub async fn probe_round(client: &kube::Client, namespace: &str) -> Round {
+    let version = with_timeout(client.apiserver_version()).await;
+    let mut answered = reached(&version);
+    let server_version = version.ok().map(|info| info.git_version);
     let (restart_policy_rules, restart_all_containers) = if valid_namespace(namespace) {
         let path = format!(
             "/api/v1/namespaces/{namespace}/pods?dryRun=All&fieldManager=jobset-restart-webhook"
         );
         let restart = post(client, &path, &probe_pod("Restart")).await;
         let all = post(client, &path, &probe_pod("RestartAllContainers")).await;
+        answered |= reached(&restart) || reached(&all);
         (
             interpret_restart_probe(&restart),
             interpret_restart_all_probe(&all),
@@ -212,13 +232,17 @@ pub async fn probe(client: &kube::Client, namespace: &str) -> Capabilities {
         ),
     )
     .await;
+    answered |= reached(&crd);
     let (jobset_crd_installed, jobset_crd_keeps_rules) = interpret_crd(&crd);
-    Capabilities {
-        server_version,
-        restart_policy_rules,
-        restart_all_containers,
-        jobset_crd_installed,
-        jobset_crd_keeps_rules,
+    Round {
+        capabilities: Capabilities {
+            server_version,
+            restart_policy_rules,
+            restart_all_containers,
+            jobset_crd_installed,
+            jobset_crd_keeps_rules,
+        },
+        answered,
     }
 }
 

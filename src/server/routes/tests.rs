@@ -51,11 +51,18 @@ fn app(cluster: Arc<dyn ClusterView>) -> App {
     let (store, _) = ConfigStore::load(None, None).expect("config");
     let store = Arc::new(store);
     let addr = "127.0.0.1:9".parse().expect("addr");
+    let g = crate::certs::generate(&["localhost".to_owned()], 1).expect("certificate");
+    let loaded = super::super::tls::load_pem(g.cert_pem.as_bytes(), g.key_pem.as_bytes(), "c", "k")
+        .expect("load");
     let readiness = Readiness::new(
         super::super::tls::SelfCheck::new(addr).expect("self check"),
         super::super::ready::Listening {
             addr,
             accepting: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        },
+        super::super::ready::CertCheck {
+            resolver: Arc::new(super::super::tls::CertResolver::new(&loaded)),
+            server_name: None,
         },
         store.clone(),
         Vec::new(),

@@ -42,6 +42,11 @@ pub(crate) struct Loaded {
     pub names: Vec<String>,
     /// notAfter, Unix seconds.
     pub not_after: i64,
+    /// notBefore, Unix seconds.
+    pub not_before: i64,
+    /// The leaf's DNS names and IP addresses (subjectAltName), for the served-name check.
+    pub dns_names: Vec<String>,
+    pub ips: Vec<std::net::IpAddr>,
 }
 
 /// Why a certificate chain and key cannot be used. Every text names the file.
@@ -100,18 +105,32 @@ pub(crate) fn load_pem(
     })?;
     let subject = parsed.subject().to_string();
     let not_after = parsed.validity().not_after.timestamp();
-    let names = parsed
+    let not_before = parsed.validity().not_before.timestamp();
+    let general: Vec<&x509_parser::extensions::GeneralName> = parsed
         .subject_alternative_name()
         .ok()
         .flatten()
-        .map(|ext| {
-            ext.value
-                .general_names
-                .iter()
-                .map(|n| n.to_string())
-                .collect()
-        })
+        .map(|ext| ext.value.general_names.iter().collect())
         .unwrap_or_default();
+    let names = general.iter().map(|n| n.to_string()).collect();
+    let dns_names = general
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect();
+    let ips = general
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| PemError::NotAKey {
         file: key_name.to_owned(),
         source,
@@ -131,6 +150,9 @@ pub(crate) fn load_pem(
         subject,
         names,
         not_after,
+        not_before,
+        dns_names,
+        ips,
     })
 }
 
@@ -164,24 +186,113 @@ pub(crate) fn check_validity(loaded: &Loaded, source: &str) {
 /// The rustls equivalent of Go's `tls.Config.GetCertificate`.
 #[derive(Debug)]
 pub(crate) struct CertResolver {
-    current: ArcSwap<CertifiedKey>,
+    current: ArcSwap<Loaded>,
+}
+
+/// Why the certificate being served is not one the API server would accept (`/readyz`'s
+/// `certificate` line).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CertError {
+    #[error(
+        "the serving certificate ({subject}) expired at {not_after} (Unix seconds); the API server refuses it"
+    )]
+    Expired { subject: String, not_after: i64 },
+    #[error(
+        "the serving certificate ({subject}) is not valid before {not_before} (Unix seconds; now {now})"
+    )]
+    NotYetValid {
+        subject: String,
+        not_before: i64,
+        now: i64,
+    },
+    #[error("the serving certificate ({subject}) does not match its private key")]
+    KeyMismatch { subject: String },
+    #[error(
+        "the serving certificate ({subject}) does not cover --tls-server-name {name} (it names {names})"
+    )]
+    NameMismatch {
+        subject: String,
+        name: String,
+        names: String,
+    },
 }
 
 impl CertResolver {
-    pub(crate) fn new(key: Arc<CertifiedKey>) -> Self {
+    pub(crate) fn new(loaded: &Loaded) -> Self {
         Self {
-            current: ArcSwap::new(key),
+            current: ArcSwap::from_pointee(loaded.clone()),
         }
     }
 
-    pub(crate) fn set(&self, key: Arc<CertifiedKey>) {
-        self.current.store(key);
+    pub(crate) fn set(&self, loaded: &Loaded) {
+        self.current.store(Arc::new(loaded.clone()));
     }
+
+    /// The certificate being served is valid at `now` (Unix seconds), matches its key, and
+    /// covers `server_name` (the name the API server dials) when one is given. A file
+    /// reload refuses a pair whose key does not match, so that check guards only against a
+    /// regression; expiry is what happens when rotation stops.
+    pub(crate) fn check(&self, now: i64, server_name: Option<&str>) -> Result<String, CertError> {
+        let c = self.current.load();
+        let subject = c.subject.clone();
+        if now >= c.not_after {
+            return Err(CertError::Expired {
+                subject,
+                not_after: c.not_after,
+            });
+        }
+        if now < c.not_before {
+            return Err(CertError::NotYetValid {
+                subject,
+                not_before: c.not_before,
+                now,
+            });
+        }
+        // `Unknown`: the key cannot tell its public half; the pair was checked at load.
+        if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
+            c.key.keys_match()
+        {
+            return Err(CertError::KeyMismatch { subject });
+        }
+        if let Some(name) = server_name
+            && !covers(&c, name)
+        {
+            return Err(CertError::NameMismatch {
+                subject,
+                name: name.to_owned(),
+                names: c.names.join(", "),
+            });
+        }
+        let days = (c.not_after - now) / 86_400;
+        Ok(match server_name {
+            Some(name) => format!("{subject}, covers {name}, valid for {days} more days"),
+            None => format!("{subject}, valid for {days} more days"),
+        })
+    }
+}
+
+/// The leaf names `name`: an IP address among its IP SANs, or a DNS name equal to one of its
+/// DNS SANs or matched by a wildcard SAN in the left-most label (RFC 6125 6.4.3, as Go's
+/// `crypto/x509` matches: `*.example.com` covers `a.example.com`, not `a.b.example.com`).
+fn covers(leaf: &Loaded, name: &str) -> bool {
+    if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+        return leaf.ips.contains(&ip);
+    }
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    leaf.dns_names.iter().any(|san| {
+        let san = san.trim_end_matches('.');
+        match san.strip_prefix("*.") {
+            Some(parent) => name
+                .split_once('.')
+                .is_some_and(|(first, rest)| !first.is_empty() && rest == parent),
+            None => san == name,
+        }
+    })
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
+        Some(self.current.load().key.clone())
     }
 }
 
@@ -242,7 +353,7 @@ pub(crate) async fn reload_loop(
         match result {
             Ok(loaded) => {
                 check_validity(&loaded, &cert_name);
-                resolver.set(loaded.key.clone());
+                resolver.set(&loaded);
                 metrics.cert_not_after.set(loaded.not_after);
                 metrics
                     .cert_reloads

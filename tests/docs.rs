@@ -18,7 +18,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobset_restart_webhook::cluster::probe::{Capabilities, Finding};
+use jobset_restart_webhook::cluster::probe::{Capabilities, Finding, Round};
 use jobset_restart_webhook::cluster::{Cluster, ClusterMetrics};
 use jobset_restart_webhook::engine::NodeInfo;
 use kube::runtime::watcher;
@@ -336,12 +336,15 @@ fn populated_cluster() -> Arc<Cluster> {
         value: Some(v),
         detail: String::new(),
     };
-    c.record_probe(Capabilities {
-        server_version: Some("v1.36.2".into()),
-        restart_policy_rules: known(true),
-        restart_all_containers: known(true),
-        jobset_crd_installed: known(true),
-        jobset_crd_keeps_rules: known(true),
+    c.record_probe(Round {
+        capabilities: Capabilities {
+            server_version: Some("v1.36.2".into()),
+            restart_policy_rules: known(true),
+            restart_all_containers: known(true),
+            jobset_crd_installed: known(true),
+            jobset_crd_keeps_rules: known(true),
+        },
+        answered: true,
     });
     c.nodes().apply(watcher::Event::<()>::Init, |()| None);
     for (name, declares) in [("a", true), ("b", false)] {

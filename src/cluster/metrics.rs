@@ -86,21 +86,25 @@ impl Collector for ClusterMetrics {
             )?;
             ConstGauge::new(probed_at as i64).encode(e)?;
         }
-        // (name, objects, synced, watch errors) of the caches whose watch runs: the JobSet
-        // watch runs only with the pod target, and a cache that is never filled must not
-        // look like one that is stuck.
+        // (name, objects, synced, watch errors, last list, failing since) of the caches whose
+        // watch runs: the JobSet watch runs only with the pod target, and a cache that is
+        // never filled must not look like one that is stuck.
         let mut caches = vec![(
             c.namespaces.name(),
             c.namespaces.len(),
             c.namespaces.synced(),
             c.namespaces.errors(),
+            c.namespaces.listed_at(),
+            c.namespaces.failing_since(),
         )];
-        if c.jobsets_watched.load(Ordering::Relaxed) {
+        if c.pods_target() {
             caches.push((
                 c.jobsets.name(),
                 c.jobsets.len(),
                 c.jobsets.synced(),
                 c.jobsets.errors(),
+                c.jobsets.listed_at(),
+                c.jobsets.failing_since(),
             ));
         }
         caches.push((
@@ -108,6 +112,8 @@ impl Collector for ClusterMetrics {
             c.nodes.len(),
             c.nodes.synced(),
             c.nodes.errors(),
+            c.nodes.listed_at(),
+            c.nodes.failing_since(),
         ));
         let mut e = encoder.encode_descriptor(
             "cluster_cache_objects",
@@ -115,7 +121,7 @@ impl Collector for ClusterMetrics {
             None,
             g.metric_type(),
         )?;
-        for &(cache, n, _, _) in &caches {
+        for &(cache, n, ..) in &caches {
             ConstGauge::new(n as i64).encode(e.encode_family(&CacheLabels { cache })?)?;
         }
         let mut e = encoder.encode_descriptor(
@@ -124,7 +130,7 @@ impl Collector for ClusterMetrics {
             None,
             g.metric_type(),
         )?;
-        for &(cache, _, s, _) in &caches {
+        for &(cache, _, s, ..) in &caches {
             ConstGauge::new(i64::from(s)).encode(e.encode_family(&CacheLabels { cache })?)?;
         }
         let mut e = encoder.encode_descriptor(
@@ -133,11 +139,7 @@ impl Collector for ClusterMetrics {
             None,
             g.metric_type(),
         )?;
-        for (cache, t) in caches.iter().zip([
-            c.namespaces.listed_at(),
-            c.jobsets.listed_at(),
-            c.nodes.listed_at(),
-        ]) {
+        for &(cache, _, _, _, t, _) in &caches {
             if t > 0 {
                 ConstGauge::new(t as i64).encode(e.encode_family(&CacheLabels { cache })?)?;
             }
@@ -150,11 +152,7 @@ impl Collector for ClusterMetrics {
             None,
             g.metric_type(),
         )?;
-        for (cache, t) in caches.iter().zip([
-            c.namespaces.failing_since(),
-            c.jobsets.failing_since(),
-            c.nodes.failing_since(),
-        ]) {
+        for &(cache, _, _, _, _, t) in &caches {
             ConstGauge::new(t as i64).encode(e.encode_family(&CacheLabels { cache })?)?;
         }
         let answered_at = c.answered_at();
@@ -175,7 +173,7 @@ impl Collector for ClusterMetrics {
             None,
             counter.metric_type(),
         )?;
-        for &(cache, _, _, n) in &caches {
+        for &(cache, _, _, n, ..) in &caches {
             ConstCounter::new(n).encode(e.encode_family(&CacheLabels { cache })?)?;
         }
         let e = encoder.encode_descriptor(

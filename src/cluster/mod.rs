@@ -115,9 +115,6 @@ pub struct Cluster {
     parent_misses: AtomicU64,
     /// Reviews whose namespace was not in the namespace cache.
     namespace_misses: AtomicU64,
-    /// The JobSet watch runs (only with the pod target: it is the pod target's parent
-    /// lookup, and the ClusterRole grants JobSets only then).
-    jobsets_watched: AtomicBool,
 }
 
 impl Default for Cluster {
@@ -148,7 +145,6 @@ impl Cluster {
             unanswered: std::sync::Mutex::new(None),
             parent_misses: AtomicU64::new(0),
             namespace_misses: AtomicU64::new(0),
-            jobsets_watched: AtomicBool::new(false),
         }
     }
 

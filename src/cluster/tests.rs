@@ -316,15 +316,16 @@ async fn the_jobset_watch_follows_the_pod_target() {
 #[test]
 fn an_unwatched_jobset_cache_is_neither_waited_for_nor_exported() {
     let c = Arc::new(Cluster::new());
-    let optional = CachesCheck {
-        cluster: c.clone(),
-        required: false,
-    };
-    let detail = optional.check().unwrap();
-    assert!(
-        detail.contains("jobsets not watched (pod target off)"),
-        "{detail}"
-    );
+    assert!(!c.pods_target());
+    for cache in [&c.namespaces] {
+        cache.apply(watcher::Event::<()>::Init, |()| None);
+        cache.apply(watcher::Event::<()>::InitDone, |()| None);
+    }
+    c.nodes.apply(watcher::Event::<()>::Init, |()| None);
+    c.nodes.apply(watcher::Event::<()>::InitDone, |()| None);
+    let detail = c.caches_ready().unwrap();
+    assert!(detail.contains("jobsets not watched"), "{detail}");
+    let c = Arc::new(Cluster::new());
     let mut registry = Registry::with_prefix("jobset_restart_webhook");
     registry.register_collector(Box::new(ClusterMetrics(c.clone())));
     let mut text = String::new();

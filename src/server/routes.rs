@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use axum::{Extension, Router};
 use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::{MethodRouter, get, post};
+use axum::{Extension, Router};
 use http::header::ALLOW;
 use http::{HeaderValue, StatusCode};
 use tracing::{debug, error};

@@ -117,13 +117,13 @@ impl fmt::Display for Human {
         let ms = d.as_millis();
         if d.is_zero() {
             write!(f, "0s")
-        } else if d.subsec_nanos() % 1_000_000 != 0 || ms == 0 {
+        } else if !d.subsec_nanos().is_multiple_of(1_000_000) || ms == 0 {
             write!(f, "{}s", d.as_secs_f64())
-        } else if ms % 3_600_000 == 0 {
+        } else if ms.is_multiple_of(3_600_000) {
             write!(f, "{}h", ms / 3_600_000)
-        } else if ms % 60_000 == 0 {
+        } else if ms.is_multiple_of(60_000) {
             write!(f, "{}m", ms / 60_000)
-        } else if ms % 1000 == 0 {
+        } else if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")

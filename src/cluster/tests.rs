@@ -317,10 +317,9 @@ async fn the_jobset_watch_follows_the_pod_target() {
 fn an_unwatched_jobset_cache_is_neither_waited_for_nor_exported() {
     let c = Arc::new(Cluster::new());
     assert!(!c.pods_target());
-    for cache in [&c.namespaces] {
-        cache.apply(watcher::Event::<()>::Init, |()| None);
-        cache.apply(watcher::Event::<()>::InitDone, |()| None);
-    }
+    c.namespaces.apply(watcher::Event::<()>::Init, |()| None);
+    c.namespaces
+        .apply(watcher::Event::<()>::InitDone, |()| None);
     c.nodes.apply(watcher::Event::<()>::Init, |()| None);
     c.nodes.apply(watcher::Event::<()>::InitDone, |()| None);
     let detail = c.caches_ready().unwrap();

@@ -385,10 +385,10 @@ async fn probes_answer_while_other_clients_hold_both_ports() {
                 let _ = exchange(&mut s, &get("/healthz")).await;
                 held_tls.push(s);
             }
-            if let Ok(mut s) = TcpStream::connect(w.admin).await {
-                if exchange(&mut s, &get("/healthz")).await.status().is_some() {
-                    held_admin.push(s);
-                }
+            if let Ok(mut s) = TcpStream::connect(w.admin).await
+                && exchange(&mut s, &get("/healthz")).await.status().is_some()
+            {
+                held_admin.push(s);
             }
         }
         let mut silent = Vec::new();

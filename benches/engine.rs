@@ -17,6 +17,7 @@ fn bench(c: &mut Criterion) {
     let ctx = Environment {
         config: &config,
         namespace_labels: None,
+        namespace_opted_in: false,
         facts: ClusterFacts::default(),
     };
     let mut group = c.benchmark_group("mutate_jobset");

@@ -1,4 +1,4 @@
-//! Restart times on a real node (issue 13, part 4): a JobSet of N one-pod workers on one node
+//! Restart times on a real node (docs/BENCHMARKS.md section 4): a JobSet of N one-pod workers on one node
 //! (the e2e harness's control plane + kube-scheduler + kubelet/containerd/runc, see
 //! testkit/src/node/); worker 0 fails with exit code 42; how long until every worker runs
 //! again, and how many API writes that took, for
@@ -22,6 +22,11 @@
 //! (pods created and deleted, all pod writes including the kubelet's status patches, and
 //! writes to every resource). The same runs again on a kubelet with
 //! `crashLoopBackOff.maxContainerRestartPeriod` lowered (gate `KubeletCrashLoopBackOffMax`).
+//!
+//! Output: the table for docs/BENCHMARKS.md on stdout, and the rows as
+//! `docs/restart-times.csv` with their plot `docs/restart-times.svg` (testkit's `plot`; shown
+//! in the README). A `--quick` run writes those two under `target/restart-bench/` instead, so
+//! that it does not replace the published measurements.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -33,6 +38,7 @@ use testkit::cluster::{ADMIN_TOKEN as TOKEN, Cluster, ClusterOptions};
 use testkit::node::{
     Node, NodeOptions, node_jobset, node_pod_spec, pod_summary, workload_container,
 };
+use testkit::plot;
 use testkit::webhook::{Webhook, WebhookOptions};
 
 /// Longest wait for the workers to run (first start of 16 pods, or after a failure with a
@@ -57,6 +63,14 @@ impl Mode {
             Mode::Recreate => "recreate (no webhook)",
             Mode::Restart => "in place, Restart",
             Mode::RestartAll => "in place, RestartAllContainers",
+        }
+    }
+    /// The `mode` column of the CSV.
+    fn csv(self) -> &'static str {
+        match self {
+            Mode::Recreate => "recreate",
+            Mode::Restart => "Restart",
+            Mode::RestartAll => "RestartAllContainers",
         }
     }
     fn slug(self) -> &'static str {
@@ -137,7 +151,53 @@ fn main() {
     }
     drop(hook);
     println!("{}", report(&samples));
+    write_plot(&samples, quick);
     eprintln!("[bench] done in {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// The rows as CSV and their plot: under docs/ after a full run, under target/ after a quick
+/// one (docs/testing.md, "Benchmarks and plots").
+fn write_plot(samples: &[Sample], quick: bool) {
+    let rows: Vec<plot::Row> = samples
+        .iter()
+        .map(|s| plot::Row {
+            kubelet: if s.node == "default back-off" {
+                plot::DEFAULT_KUBELET.to_owned()
+            } else {
+                format!("maxContainerRestartPeriod={LOWERED_MAX}")
+            },
+            mode: s.mode.csv().to_owned(),
+            workers: s.workers as u32,
+            failure: s.failure as u32,
+            seconds: (s.seconds * 100.0).round() / 100.0,
+            pods_created: s.writes.pods_created,
+            pods_deleted: s.writes.pods_deleted,
+            pod_writes: s.writes.pod_writes,
+            all_writes: s.writes.all_writes,
+        })
+        .collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = if quick {
+        root.join("target/restart-bench")
+    } else {
+        root.join("docs")
+    };
+    let comment = format!(
+        "Restart times on one real node: benches/restart.rs, method in docs/BENCHMARKS.md section 4.\n\
+         Written by `cargo bench --features e2e --bench restart`{}, which rewrites this file and\n\
+         restart-times.svg when run; publish the rows (the table it prints) in docs/BENCHMARKS.md.\n{}",
+        if quick { " -- --quick" } else { "" },
+        plot::COLUMN_NOTES
+    );
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(dir.join("restart-times.csv"), plot::to_csv(&comment, &rows)))
+        .and_then(|()| std::fs::write(dir.join("restart-times.svg"), plot::svg(&rows)));
+    // The table is printed already; a failed write still fails the run.
+    written.unwrap_or_else(|e| panic!("writing the CSV and plot into {}: {e}", dir.display()));
+    eprintln!(
+        "[bench] wrote restart-times.csv and restart-times.svg in {}",
+        dir.display()
+    );
 }
 
 /// Creates the JobSet, waits for every worker to run, then fails worker 0 `failures` times

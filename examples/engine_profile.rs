@@ -21,6 +21,7 @@ fn main() {
     let ctx = Environment {
         config: &config,
         namespace_labels: None,
+        namespace_opted_in: false,
         facts: ClusterFacts::default(),
     };
     let (noop_new, noop_old) = bench::noop_update(&manifest, &ctx);

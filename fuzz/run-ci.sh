@@ -19,7 +19,22 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 start=$(date +%s)
+# A locked build: `cargo fuzz build` has no --locked, so the lock is checked first (fetch
+# --locked fails when Cargo.lock would change) and must be unchanged after the build.
+# fuzz/Cargo.lock pins what it shares with the main crate at the main Cargo.lock's versions
+# (tests/fuzz_lock.rs; how to refresh it: CONTRIBUTING.md, "Dependencies").
+lock_before=$(sha256sum Cargo.lock)
+if ! fetched=$(cargo +nightly fetch --locked 2>&1); then
+    echo "fuzz/run-ci.sh: fuzz/Cargo.lock is not current:" >&2
+    echo "$fetched" >&2
+    echo "refresh it from the main lock: cp Cargo.lock fuzz/Cargo.lock && cargo metadata --manifest-path fuzz/Cargo.toml --format-version 1 >/dev/null" >&2
+    exit 1
+fi
 cargo +nightly fuzz build 2>&1 | tail -n 3
+if [ "$(sha256sum Cargo.lock)" != "$lock_before" ]; then
+    echo "fuzz/run-ci.sh: the fuzz build changed fuzz/Cargo.lock (an unlocked resolution)" >&2
+    exit 1
+fi
 echo "fuzz/run-ci.sh: build took $(( $(date +%s) - start )) s"
 
 for t in "${targets[@]}"; do

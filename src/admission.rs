@@ -17,9 +17,6 @@ use crate::engine::{
 
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
-/// Warnings beyond this are folded into one line: the API server and kubectl show them all,
-/// and a JobSet with hundreds of user-set containers should not produce a wall of text.
-const MAX_WARNINGS: usize = 16;
 /// Longest message (denial or HTTP 400 reason) sent back, in bytes. Parser errors quote what
 /// they did not expect (a 1 MiB string where a list belongs), and an unknown annotation key
 /// is named in full: without a cap a client could make the API server relay, and every log
@@ -172,15 +169,54 @@ impl<'a> RequestIn<'a> {
     }
 }
 
+/// Which webhook registration sent a request, told by the path the API server called: each
+/// registration's selectors establish facts the review can rely on (the registrations are in
+/// manifests/base/mutatingwebhookconfiguration.yaml).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Via {
+    /// `/mutate`: nothing beyond the request itself.
+    #[default]
+    Mutate,
+    /// `/mutate/namespace-default`: the registration's namespaceSelector matched
+    /// `restart.jobset.dev/in-place In (enabled, true)` when the API server admitted the
+    /// request, so the namespace opted in whatever the webhook's namespace cache shows.
+    NamespaceDefault,
+}
+
 /// Answers one review body: [`decode`], [`decide`], encode.
 pub fn review(
     body: &[u8],
     config: &Config,
     cluster: &dyn ClusterView,
-) -> Result<Answer, BadReview> {
+) -> Result<Answer, ReviewFailed> {
+    review_via(body, config, cluster, Via::Mutate)
+}
+
+/// [`review`] of a request that came through the registration `via`.
+pub fn review_via(
+    body: &[u8],
+    config: &Config,
+    cluster: &dyn ClusterView,
+    via: Via,
+) -> Result<Answer, ReviewFailed> {
     let req = decode(body)?;
-    let decision = decide(&req, config, cluster);
-    Ok(encode(req, decision))
+    // The server's `review{uid}` span (a no-op outside one).
+    tracing::Span::current().record("uid", &*req.uid);
+    let decision = decide_via(&req, config, cluster, via);
+    encode(req, decision).map_err(|e| ReviewFailed::Encode(e.to_string()))
+}
+
+/// Why [`review`] has no answer to send.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewFailed {
+    /// The caller sent something that is not a review (answered 400).
+    #[error(transparent)]
+    Bad(#[from] BadReview),
+    /// Our answer could not be serialized (answered 500 and counted). Not reachable with
+    /// the types in [`ReviewOut`] (strings, numbers, a patch of `Value`s); typed so that a
+    /// future field that can fail is not answered as an empty 200.
+    #[error("encoding the answer failed: {0}")]
+    Encode(String),
 }
 
 /// The `request` of a review body, or why the body is not a review.
@@ -211,6 +247,16 @@ pub fn decide(
     config: &Config,
     cluster: &dyn ClusterView,
 ) -> Result<Mutation, Denial> {
+    decide_via(req, config, cluster, Via::Mutate)
+}
+
+/// [`decide`] for a request that came through the registration `via`.
+pub fn decide_via(
+    req: &RequestIn<'_>,
+    config: &Config,
+    cluster: &dyn ClusterView,
+    via: Via,
+) -> Result<Mutation, Denial> {
     let Some(object) = req.object else {
         return Ok(Mutation::default());
     };
@@ -226,10 +272,18 @@ pub fn decide(
         ("UPDATE", Some(old)) if is_jobset => Some(old),
         _ => return Ok(Mutation::default()),
     };
-    let labels = cluster.namespace_labels(namespace);
+    // The namespace cache is asked only where no registration has decided: a namespace
+    // label `disabled` under a cluster-wide default, and pods.
+    let namespace_opted_in = via == Via::NamespaceDefault;
+    let labels = if namespace_opted_in {
+        None
+    } else {
+        cluster.namespace_labels(namespace)
+    };
     let ctx = Environment {
         config,
         namespace_labels: labels.as_deref(),
+        namespace_opted_in,
         facts: cluster.facts(),
     };
     if let Some(old) = old_object {
@@ -244,7 +298,10 @@ pub fn decide(
 }
 
 /// The encoded answer and its record.
-fn encode(req: RequestIn<'_>, decision: Result<Mutation, Denial>) -> Answer {
+fn encode(
+    req: RequestIn<'_>,
+    decision: Result<Mutation, Denial>,
+) -> Result<Answer, serde_json::Error> {
     let (outcome, patch_ops, warnings, parent_unknown) = match &decision {
         Ok(m) if m.patch.is_empty() => (Outcome::Allowed, 0, m.warnings.len(), m.parent_unknown),
         Ok(m) => (
@@ -260,9 +317,8 @@ fn encode(req: RequestIn<'_>, decision: Result<Mutation, Denial>) -> Answer {
         kind: KIND,
         response: Response::new(&req.uid, decision),
     };
-    // Serializing strings, numbers and a patch of `Value`s cannot fail.
-    let body = serde_json::to_vec(&out).unwrap_or_default();
-    Answer {
+    let body = serde_json::to_vec(&out)?;
+    Ok(Answer {
         body,
         record: Record {
             uid: req.uid.into_owned(),
@@ -276,7 +332,7 @@ fn encode(req: RequestIn<'_>, decision: Result<Mutation, Denial>) -> Answer {
             warnings,
             parent_unknown,
         },
-    }
+    })
 }
 
 /// The AdmissionReview sent back (`admission.k8s.io/v1`).
@@ -307,7 +363,8 @@ pub struct Response<'a> {
         serialize_with = "base64_json"
     )]
     pub patch: Patch,
-    /// At most [`MAX_WARNINGS`], the last one counting the rest.
+    /// As the engine folded them: at most [`engine::warnings::MAX_WARNINGS`], the last one
+    /// counting the rest.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -340,7 +397,7 @@ impl<'a> Response<'a> {
                 status: None,
                 patch_type: (!m.patch.is_empty()).then_some("JSONPatch"),
                 patch: m.patch,
-                warnings: fold_warnings(m.warnings),
+                warnings: m.warnings,
                 audit_annotations: m.summary.map(|applied| AuditAnnotations { applied }),
             },
             Err(d) => {
@@ -399,13 +456,4 @@ pub fn clip(mut message: String) -> String {
     message.truncate(end);
     message.push_str(&format!("... (message cut, {total} bytes)"));
     message
-}
-
-fn fold_warnings(mut w: Vec<String>) -> Vec<String> {
-    if w.len() > MAX_WARNINGS {
-        let more = w.len() - (MAX_WARNINGS - 1);
-        w.truncate(MAX_WARNINGS - 1);
-        w.push(format!("... and {more} more warnings"));
-    }
-    w
 }

@@ -55,18 +55,24 @@ fn prints_the_mutated_jobset_as_yaml() {
     let c =
         &doc["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["restartPolicy"], json!("Never"));
+    // Offline, nothing says the API server accepts RestartAllContainers: the default action
+    // is Restart, which every supported version accepts, and the one warning says why.
     assert_eq!(
         c["restartPolicyRules"],
-        json!([{"action": "RestartAllContainers", "exitCodes": {"operator": "NotIn", "values": [0]}}])
+        json!([{"action": "Restart", "exitCodes": {"operator": "NotIn", "values": [0]}}])
     );
     assert_eq!(
         doc["metadata"]["annotations"]["restart.jobset.dev/applied"],
-        json!("workers/trainer=RestartAllContainers:NotIn(0)")
+        json!("workers/trainer=Restart:NotIn(0)")
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one warning expected: {stderr}");
     assert!(
-        out.stderr.is_empty(),
-        "no warnings expected: {}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains(
+            "the action defaults to Restart: whether this cluster's API server accepts \
+             RestartAllContainers is not known"
+        ),
+        "{stderr}"
     );
 }
 
@@ -105,7 +111,13 @@ fn several_documents_print_a_list_and_warnings_go_to_stderr() {
         "other kinds pass through"
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.starts_with("Warning: JobSet onfailure: replicated job \"workers\": the pod template sets restartPolicy: OnFailure"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.len() == 2, "{stderr}");
+    assert!(
+        lines[0].starts_with("Warning: JobSet onfailure: the action defaults to Restart: "),
+        "{stderr}"
+    );
+    assert!(lines[1].starts_with("Warning: JobSet onfailure: replicated job \"workers\": the pod template sets restartPolicy: OnFailure"), "{stderr}");
 }
 
 #[test]

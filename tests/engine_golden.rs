@@ -28,6 +28,9 @@ const RJ0: &str = "/spec/replicatedJobs/0/template/spec/template/spec";
 const RJ1: &str = "/spec/replicatedJobs/1/template/spec/template/spec";
 const RJ2: &str = "/spec/replicatedJobs/2/template/spec/template/spec";
 const APPLIED: &str = "/metadata/annotations/restart.jobset.dev~1applied";
+/// The engine runs here without a cluster, as the offline `mutate` does: the API server's
+/// capability is unknown, so the default action is Restart, with this warning.
+const UNKNOWN: &str = jobset_restart_webhook::engine::resolve::UNKNOWN_CAPABILITY;
 
 struct Case {
     file: &'static str,
@@ -57,8 +60,8 @@ fn cases() -> Vec<Case> {
             vec![APPLIED.into(), pod_rp(RJ0)],
             container(RJ0, 0).to_vec(),
         ]),
-        summary: Some("workers/trainer=RestartAllContainers:NotIn(0)"),
-        warnings: vec![],
+        summary: Some("workers/trainer=Restart:NotIn(0)"),
+        warnings: vec![UNKNOWN],
     });
     v.push(Case {
         file: "multi.yaml",
@@ -79,16 +82,18 @@ fn cases() -> Vec<Case> {
             vec![APPLIED.into(), pod_rp(RJ0), format!("{RJ0}/initContainers/1/restartPolicyRules")],
             container(RJ0, 0).to_vec(),
         ]),
-        summary: Some("workers/worker=RestartAllContainers:NotIn(0), workers/agent=RestartAllContainers:NotIn(0)"),
+        summary: Some("workers/worker=Restart:NotIn(0), workers/agent=Restart:NotIn(0)"),
         warnings: vec![
+            UNKNOWN,
             "replicated job \"workers\": init container \"setup\" is not a sidecar (restartPolicy: Always); only regular containers and sidecars get restart rules; left unchanged",
         ],
     });
     v.push(Case {
         file: "user-set.yaml",
         paths: paths(vec![vec![APPLIED.into(), pod_rp(RJ0)], container(RJ0, 2).to_vec()]),
-        summary: Some("workers/plain=RestartAllContainers:NotIn(0,1)"),
+        summary: Some("workers/plain=Restart:NotIn(0,1)"),
         warnings: vec![
+            UNKNOWN,
             "replicated job \"workers\": container \"custom\" already sets restartPolicy or restartPolicyRules; left unchanged",
             "replicated job \"workers\": container \"ruled\" already sets restartPolicy or restartPolicyRules; left unchanged",
         ],
@@ -96,22 +101,24 @@ fn cases() -> Vec<Case> {
     v.push(Case {
         file: "onfailure.yaml",
         paths: paths(vec![vec![APPLIED.into()], container(RJ0, 0).to_vec()]),
-        summary: Some("workers/trainer=RestartAllContainers:NotIn(0)"),
+        summary: Some("workers/trainer=Restart:NotIn(0)"),
         warnings: vec![
+            UNKNOWN,
             "replicated job \"workers\": the pod template sets restartPolicy: OnFailure, so every in-place restart counts against the Job's backoffLimit; set it to Never to avoid that",
         ],
     });
     v.push(Case {
         file: "pod-failure-policy.yaml",
         paths: paths(vec![vec![APPLIED.into()], container(RJ0, 0).to_vec()]),
-        summary: Some("workers/trainer=RestartAllContainers:In(1,42,128-143)"),
-        warnings: vec![],
+        summary: Some("workers/trainer=Restart:In(1,42,128-143)"),
+        warnings: vec![UNKNOWN],
     });
     v.push(Case {
         file: "all-user-set.yaml",
         paths: vec![],
         summary: None,
         warnings: vec![
+            UNKNOWN,
             "replicated job \"workers\": container \"custom\" already sets restartPolicy or restartPolicyRules; left unchanged",
             "replicated job \"workers\": container \"ruled\" already sets restartPolicy or restartPolicyRules; left unchanged",
             "replicated job \"workers\": no container gets the restart rule, so its pod template is left as it is",
@@ -139,8 +146,8 @@ fn cases() -> Vec<Case> {
             vec![APPLIED.into(), pod_rp(RJ0)],
             container(RJ0, 0).to_vec(),
         ]),
-        summary: Some("workers/trainer=RestartAllContainers:NotIn(0)"),
-        warnings: vec![],
+        summary: Some("workers/trainer=Restart:NotIn(0)"),
+        warnings: vec![UNKNOWN],
     });
     v
 }
@@ -151,6 +158,7 @@ fn golden_jobsets() {
     let ctx = Environment {
         config: &config,
         namespace_labels: None,
+        namespace_opted_in: false,
         facts: ClusterFacts::default(),
     };
     for case in cases() {
@@ -199,6 +207,7 @@ fn injected_rule_shapes_are_the_api_shape() {
     let ctx = Environment {
         config: &config,
         namespace_labels: None,
+        namespace_opted_in: false,
         facts: ClusterFacts::default(),
     };
     let doc = yaml_docs(&fixture("jobsets/multi.yaml")).remove(0);
@@ -229,6 +238,7 @@ fn golden_pod_resolves_from_its_parent() {
     let ctx = Environment {
         config: &config,
         namespace_labels: None,
+        namespace_opted_in: false,
         facts: ClusterFacts::default(),
     };
     let pod = &docs[1];
@@ -248,14 +258,13 @@ fn golden_pod_resolves_from_its_parent() {
         json!("OnFailure"),
         "a pod's restartPolicy is never changed"
     );
-    assert_eq!(
-        m.summary.as_deref(),
-        Some("trainer=RestartAllContainers:In(42)")
-    );
+    assert_eq!(m.summary.as_deref(), Some("trainer=Restart:In(42)"));
+    assert_eq!(m.warnings, [UNKNOWN]);
     // a pod created from an already-mutated template gets an empty patch, and no warning
+    // but the default action's
     let again = mutate_pod(&out.to_string(), &ctx, &|_| Some(parent.clone()));
     assert!(
-        again.patch.is_empty() && again.warnings.is_empty(),
+        again.patch.is_empty() && again.warnings == [UNKNOWN],
         "{again:?}"
     );
     // an unknown parent leaves the pod alone, with a warning and the flag for the metric
@@ -278,13 +287,14 @@ fn namespace_label_enables_unannotated_jobset() {
     let ctx = Environment {
         config: &config,
         namespace_labels: Some(&labels),
+        namespace_opted_in: false,
         facts: ClusterFacts::default(),
     };
     let doc = yaml_docs(&fixture("jobsets/disabled.yaml")).remove(0);
     let m = mutate_jobset(&doc.to_string(), &ctx).expect("allowed");
     assert_eq!(
         m.summary.as_deref(),
-        Some("workers/trainer=RestartAllContainers:NotIn(0)")
+        Some("workers/trainer=Restart:NotIn(0)")
     );
 }
 
@@ -294,6 +304,7 @@ fn invalid_annotations_are_denied_with_422_and_the_message() {
     let ctx = Environment {
         config: &config,
         namespace_labels: None,
+        namespace_opted_in: false,
         facts: ClusterFacts::default(),
     };
     let mut doc = yaml_docs(&fixture("jobsets/single.yaml")).remove(0);
@@ -335,13 +346,16 @@ fn invalid_annotations_are_denied_with_422_and_the_message() {
 fn pruning_crd_with_pod_target_leaves_the_containers_to_the_pods() {
     let mut config = Config::default();
     config.targets.pods = true;
+    // A probed cluster: its API server accepts RestartAllContainers, its CRD prunes.
     let facts = ClusterFacts {
         jobset_crd_keeps_rules: Some(false),
+        restart_all_containers: Some(true),
         ..ClusterFacts::default()
     };
     let ctx = Environment {
         config: &config,
         namespace_labels: None,
+        namespace_opted_in: false,
         facts: facts.clone(),
     };
     let doc = yaml_docs(&fixture("jobsets/single.yaml")).remove(0);
@@ -382,6 +396,7 @@ fn pruning_crd_with_pod_target_leaves_the_containers_to_the_pods() {
     let ctx = Environment {
         config: &config,
         namespace_labels: None,
+        namespace_opted_in: false,
         facts,
     };
     let m = mutate_jobset(&doc.to_string(), &ctx).expect("allowed");

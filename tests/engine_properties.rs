@@ -187,7 +187,7 @@ proptest! {
         if ns_enabled {
             labels.insert("restart.jobset.dev/in-place".to_owned(), "enabled".to_owned());
         }
-        let ctx = Environment { config: &config, namespace_labels: Some(&labels), facts: ClusterFacts::default() };
+        let ctx = Environment { config: &config, namespace_labels: Some(&labels), namespace_opted_in: false, facts: ClusterFacts::default() };
         let raw = doc.to_string();
         let m = match mutate_jobset(&raw, &ctx) {
             Ok(m) => m,
@@ -249,7 +249,7 @@ proptest! {
     #[test]
     fn pod_mutation_properties(spec in pod_spec(), parent_ann in annotations(false), rjob_ann in prop::option::of(annotations(true))) {
         let config = Config::default();
-        let ctx = Environment { config: &config, namespace_labels: None, facts: ClusterFacts::default() };
+        let ctx = Environment { config: &config, namespace_labels: None, namespace_opted_in: false, facts: ClusterFacts::default() };
         let to_map = |m: &Map<String, Value>| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).filter(|(k, _)| k.starts_with("restart.jobset.dev/")).collect::<BTreeMap<_, _>>();
         let mut parent = ParentJobSet { annotations: to_map(&parent_ann), replicated_jobs: BTreeMap::new() };
         if let Some(a) = &rjob_ann {

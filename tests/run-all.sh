@@ -30,6 +30,9 @@ cargo deny check licenses bans sources
 # ADVISORY_DB_BUNDLE; fails when neither is there (tests/advisories.sh).
 tests/advisories.sh
 
+step "fuzz lock: fuzz/Cargo.lock is current (the fuzz crate builds from it, --locked)"
+cargo metadata --locked --manifest-path fuzz/Cargo.toml --format-version 1 >/dev/null
+
 step "fuzzing: each cargo-fuzz target briefly (nightly toolchain)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}" fuzz/run-ci.sh
 
@@ -56,6 +59,11 @@ step "Helm CLI for the chart tests (tests/cluster/helm, helm.sh/helm/v3)"
 t0=$(date +%s)
 tests/cluster/build.sh --module helm >/dev/null
 echo "helm ready in $(( $(date +%s) - t0 ))s"
+
+step "promtool's rule checks and a PromQL evaluator for the alert tests (tests/cluster/promtool, github.com/prometheus/prometheus)"
+t0=$(date +%s)
+tests/cluster/build.sh --module promtool >/dev/null
+echo "promrules and scrapecheck ready in $(( $(date +%s) - t0 ))s"
 
 step "third-party controllers that write JobSets in the e2e tests (tests/cluster/kueue, tests/cluster/trainer)"
 for m in kueue trainer; do

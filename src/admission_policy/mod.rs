@@ -42,8 +42,9 @@ opt-out annotations, action, on-/except-exit-codes with lists and ranges, contai
 named sidecars), replicated-jobs, replicated-job overrides, presets, the namespace label
 default (read from namespaceObject at admission time), the cluster defaults, user-set
 fields never overridden, the pod template's restartPolicy, the applied annotation (cut at
-16 KiB), the limit of 1,024 changed containers per JobSet, a container name that matches
-no container, and the denial texts. On UPDATE (server-side re-apply, `kubectl replace`,
+16 KiB), the limit of 1,024 changed containers per JobSet, the bounds on name lists (64
+names, 4 KiB), on replicated jobs (256) and on containers read (4,096), a container name
+that matches no container, and the denial texts. On UPDATE (server-side re-apply, `kubectl replace`,
 a queue resuming the JobSet): fields the update drops that the stored applied record names
 are restored from the stored object, changed restart.jobset.dev settings are validated and
 never re-applied, and nothing is ever added that the stored object did not have.

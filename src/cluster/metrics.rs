@@ -86,17 +86,36 @@ impl Collector for ClusterMetrics {
             )?;
             ConstGauge::new(probed_at as i64).encode(e)?;
         }
-        let caches = [c.namespaces.name(), c.jobsets.name(), c.nodes.name()];
+        // (name, objects, synced, watch errors) of the caches whose watch runs: the JobSet
+        // watch runs only with the pod target, and a cache that is never filled must not
+        // look like one that is stuck.
+        let mut caches = vec![(
+            c.namespaces.name(),
+            c.namespaces.len(),
+            c.namespaces.synced(),
+            c.namespaces.errors(),
+        )];
+        if c.jobsets_watched.load(Ordering::Relaxed) {
+            caches.push((
+                c.jobsets.name(),
+                c.jobsets.len(),
+                c.jobsets.synced(),
+                c.jobsets.errors(),
+            ));
+        }
+        caches.push((
+            c.nodes.name(),
+            c.nodes.len(),
+            c.nodes.synced(),
+            c.nodes.errors(),
+        ));
         let mut e = encoder.encode_descriptor(
             "cluster_cache_objects",
             "Objects in the watch-backed caches",
             None,
             g.metric_type(),
         )?;
-        for (cache, n) in caches
-            .iter()
-            .zip([c.namespaces.len(), c.jobsets.len(), c.nodes.len()])
-        {
+        for &(cache, n, _, _) in &caches {
             ConstGauge::new(n as i64).encode(e.encode_family(&CacheLabels { cache })?)?;
         }
         let mut e = encoder.encode_descriptor(
@@ -105,11 +124,7 @@ impl Collector for ClusterMetrics {
             None,
             g.metric_type(),
         )?;
-        for (cache, s) in
-            caches
-                .iter()
-                .zip([c.namespaces.synced(), c.jobsets.synced(), c.nodes.synced()])
-        {
+        for &(cache, _, s, _) in &caches {
             ConstGauge::new(i64::from(s)).encode(e.encode_family(&CacheLabels { cache })?)?;
         }
         let mut e = encoder.encode_descriptor(
@@ -160,11 +175,7 @@ impl Collector for ClusterMetrics {
             None,
             counter.metric_type(),
         )?;
-        for (cache, n) in
-            caches
-                .iter()
-                .zip([c.namespaces.errors(), c.jobsets.errors(), c.nodes.errors()])
-        {
+        for &(cache, _, _, n) in &caches {
             ConstCounter::new(n).encode(e.encode_family(&CacheLabels { cache })?)?;
         }
         let e = encoder.encode_descriptor(
@@ -174,6 +185,15 @@ impl Collector for ClusterMetrics {
             counter.metric_type(),
         )?;
         ConstCounter::new(c.parent_misses.load(Ordering::Relaxed)).encode(e)?;
+        let e = encoder.encode_descriptor(
+            "namespace_labels_unknown",
+            "JobSet and pod reviews whose namespace was not in the namespace cache, so its \
+             restart.jobset.dev/in-place label was not read (the namespace-default webhook's \
+             path never asks the cache)",
+            None,
+            counter.metric_type(),
+        )?;
+        ConstCounter::new(c.namespace_misses.load(Ordering::Relaxed)).encode(e)?;
         Ok(())
     }
 }

@@ -113,6 +113,11 @@ pub struct Cluster {
     unanswered: std::sync::Mutex<Option<String>>,
     /// Pod reviews whose parent JobSet was not in the cache.
     parent_misses: AtomicU64,
+    /// Reviews whose namespace was not in the namespace cache.
+    namespace_misses: AtomicU64,
+    /// The JobSet watch runs (only with the pod target: it is the pod target's parent
+    /// lookup, and the ClusterRole grants JobSets only then).
+    jobsets_watched: AtomicBool,
 }
 
 impl Default for Cluster {
@@ -142,6 +147,8 @@ impl Cluster {
             answered_at: AtomicU64::new(0),
             unanswered: std::sync::Mutex::new(None),
             parent_misses: AtomicU64::new(0),
+            namespace_misses: AtomicU64::new(0),
+            jobsets_watched: AtomicBool::new(false),
         }
     }
 
@@ -168,8 +175,9 @@ impl Cluster {
     }
 
     /// Rebuilds the engine's node snapshot from the cache (one pass, `Arc` clones only),
-    /// and logs when the counts change.
-    fn summarise_nodes(&self) {
+    /// and logs when the counts change. The node watch calls it after each change; public so
+    /// that a test can bring a cache filled by hand to the same state (tests/docs.rs).
+    pub fn summarise_nodes(&self) {
         let fresh = engine::Nodes::new(self.nodes.values());
         let counts = |n: &engine::Nodes| (n.total(), n.schedulable(), n.declaring());
         let before = self.node_summary.load();
@@ -373,7 +381,20 @@ impl Cluster {
 
 impl ClusterView for Cluster {
     fn namespace_labels(&self, namespace: &str) -> Option<Arc<Labels>> {
-        self.namespaces.get("", namespace)
+        let labels = self.namespaces.get("", namespace);
+        if labels.is_none() {
+            // A namespace created moments ago, or a cache not synced yet: a `disabled` label
+            // under a cluster-wide default (or a label for a pod) is not seen. The
+            // namespace-default webhook's own path does not ask (admission::Via).
+            self.namespace_misses.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                %namespace,
+                cache = %self.namespaces.describe(),
+                "namespace not in the namespace cache: its {} label is not read for this review",
+                crate::engine::resolve::NAMESPACE_LABEL
+            );
+        }
+        labels
     }
 
     fn parent_jobset(&self, namespace: &str, name: &str) -> Option<ParentJobSet> {

@@ -83,6 +83,9 @@ fn view_reads_the_caches() {
     );
     assert_eq!(c.parent_jobset("other", "train"), None);
     assert_eq!(c.parent_misses.load(Ordering::Relaxed), 2);
+    // One miss: "ml" before the cache had it (its later hit is not counted).
+    assert_eq!(c.namespace_labels("other"), None);
+    assert_eq!(c.namespace_misses.load(Ordering::Relaxed), 2);
     assert_eq!(c.facts(), ClusterFacts::default());
 }
 
@@ -257,6 +260,7 @@ fn readiness_and_metrics() {
         "jobset_restart_webhook_cluster_cache_synced{cache=\"namespaces\"} 1",
         "jobset_restart_webhook_cluster_watch_errors_total{cache=\"jobsets\"} 0",
         "jobset_restart_webhook_pod_parent_unknown_total 0",
+        "jobset_restart_webhook_namespace_labels_unknown_total 0",
         "jobset_restart_webhook_cluster_capability{capability=\"nodes_restart_all_containers\"} 0",
         "jobset_restart_webhook_cluster_nodes{state=\"total\"} 3",
         "jobset_restart_webhook_cluster_nodes{state=\"schedulable\"} 3",
@@ -305,4 +309,29 @@ async fn the_jobset_watch_follows_the_pod_target() {
     assert!(!running(&c));
     assert!(!c.jobsets.synced(), "the cache was dropped");
     assert_eq!(tasks.restarts("jobsets-watch"), 0);
+}
+
+/// Without the pod target the JobSet watch does not run: readiness and the metrics say so
+/// instead of showing a cache that never syncs.
+#[test]
+fn an_unwatched_jobset_cache_is_neither_waited_for_nor_exported() {
+    let c = Arc::new(Cluster::new());
+    let optional = CachesCheck {
+        cluster: c.clone(),
+        required: false,
+    };
+    let detail = optional.check().unwrap();
+    assert!(
+        detail.contains("jobsets not watched (pod target off)"),
+        "{detail}"
+    );
+    let mut registry = Registry::with_prefix("jobset_restart_webhook");
+    registry.register_collector(Box::new(ClusterMetrics(c.clone())));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(!text.contains("cache=\"jobsets\""), "{text}");
+    assert!(
+        text.contains("jobset_restart_webhook_cluster_cache_synced{cache=\"namespaces\"} 0"),
+        "{text}"
+    );
 }

@@ -16,6 +16,19 @@ use super::view::Meta;
 /// hundred. See docs/BENCHMARKS.md (Hostile-size JobSets).
 pub const MAX_CHANGED_CONTAINERS: usize = 1024;
 
+/// At most this many replicated jobs of one JobSet get in-place restart; a JobSet over it is
+/// refused (422) before any replicated job is planned. Each costs a resolution and, where
+/// nodes are known, a pass over them (~0.5 ms at 5,000 nodes, docs/BENCHMARKS.md "Node
+/// awareness"); real JobSets have a handful, and the generated admission policies stay
+/// within the API server's CEL cost limit up to 256 (README: Webhook or policy?).
+pub const MAX_REPLICATED_JOBS: usize = 256;
+
+/// At most this many containers and init containers in the pod templates of the replicated
+/// jobs that get in-place restart; a JobSet over it is refused (422) before any container is
+/// read. Four times [`MAX_CHANGED_CONTAINERS`], so that a JobSet whose containers mostly set
+/// their own rules, or are not named, still fits.
+pub const MAX_CONTAINERS: usize = 4 * MAX_CHANGED_CONTAINERS;
+
 /// The `restart.jobset.dev/applied` annotation (and the audit annotation) is cut to at most
 /// this many bytes, ending with `, ... and N more` when cut. The API server refuses an
 /// object whose annotations total more than 256 KiB, and the summary shares that with the

@@ -8,7 +8,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use super::annotations::{
-    Action, ExitCodes, InPlace, Operator, Settings, parse_exit_codes, parse_names,
+    Action, ExitCodes, InPlace, Operator, Settings, parse_exit_codes, parse_names, quote,
 };
 
 /// Which objects the webhook mutates.
@@ -227,7 +227,7 @@ fn settings(raw: &RawSettings) -> Result<Settings, (&'static str, String)> {
             let joined = c.joined();
             Some(
                 parse_names(&joined, "container")
-                    .map_err(|p| ("containers", format!("{joined:?}: {p}")))?,
+                    .map_err(|p| ("containers", format!("{}: {p}", quote(&joined))))?,
             )
         }
     };
@@ -350,6 +350,27 @@ targets: [jobsets, pods]
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_config_list_over_the_bounds_is_refused_at_load() {
+        let list: Vec<String> = (0..65).map(|i| format!("c{i}")).collect();
+        let list = list.join(",");
+        let text = format!("presets:\n  wide:\n    containers: \"{list}\"\n");
+        assert_eq!(
+            Config::from_yaml(&text, "c.yaml").unwrap_err().to_string(),
+            format!(
+                "c.yaml: presets.wide.containers: {}: a list of container names may have at \
+                 most 4096 bytes and 64 names; this one has 65 names",
+                quote(&list)
+            )
+        );
+        let big = "c".repeat(5000);
+        let e = Config::from_yaml(&format!("defaults:\n  containers: [{big}]\n"), "c.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("this one has 5000 bytes"), "{e}");
+        assert!(e.len() < 300, "the error quotes a cut value: {e}");
     }
 
     #[test]

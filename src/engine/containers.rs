@@ -9,9 +9,11 @@ use serde_json::{Value, json};
 
 use super::annotations::{self, quote};
 use super::applied::Applied;
+use super::patch::Patch;
 use super::resolve::Resolved;
 use super::view::{Container, PodSpec};
-use super::{Denial, DenialReason, Environment, Mutation};
+use super::warnings::Warnings;
+use super::{Denial, DenialReason, Environment};
 
 /// Where the containers live: a JobSet's pod template or a pod.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -46,7 +48,8 @@ pub(super) fn plan_pod_spec(
     rjob: &str,
     target: Target,
     env: &Environment<'_>,
-    out: &mut Mutation,
+    patch: &mut Patch,
+    warnings: &mut Warnings,
     applied: &mut Applied,
 ) -> Result<Vec<String>, Denial> {
     let rules = Arc::new(rules_value(resolved));
@@ -63,7 +66,6 @@ pub(super) fn plan_pod_spec(
     };
     let named: Option<BTreeSet<&str>> = resolved
         .containers
-        .as_ref()
         .map(|v| v.iter().map(String::as_str).collect());
     let mut found: BTreeSet<&str> = BTreeSet::new();
     // Container and init container names, kept only when the rule names containers.
@@ -87,9 +89,8 @@ pub(super) fn plan_pod_spec(
         match (&c.restart_policy, &c.restart_policy_rules) {
             (None, None) => {
                 if applied.change() {
-                    out.patch.add_under(&path, "restartPolicy", never());
-                    out.patch
-                        .add_under(&path, "restartPolicyRules", rules.clone());
+                    patch.add_under(&path, "restartPolicy", never());
+                    patch.add_under(&path, "restartPolicyRules", rules.clone());
                     applied.add(prefix, name, &rule_text);
                 }
             }
@@ -97,7 +98,7 @@ pub(super) fn plan_pod_spec(
                 applied.add(prefix, name, &rule_text);
             }
             _ if target == Target::Pod => {}
-            _ => out.warnings.push(format!(
+            _ => warnings.push(format!(
                 "{} already sets restartPolicy or restartPolicyRules; left unchanged",
                 where_(name, "container")
             )),
@@ -114,7 +115,7 @@ pub(super) fn plan_pod_spec(
             };
             found.insert(n);
             if c.restart_policy.as_deref() != Some("Always") {
-                out.warnings.push(format!(
+                warnings.push(format!(
                     "{} is not a sidecar (restartPolicy: Always); only regular containers and \
                      sidecars get restart rules; left unchanged",
                     where_(name, "init container")
@@ -140,21 +141,20 @@ pub(super) fn plan_pod_spec(
             match &c.restart_policy_rules {
                 None => {
                     if applied.change() {
-                        out.patch
-                            .add_under(&path, "restartPolicyRules", rules.clone());
+                        patch.add_under(&path, "restartPolicyRules", rules.clone());
                         applied.add(prefix, name, &rule_text);
                     }
                 }
                 Some(r) if *r == *rules => applied.add(prefix, name, &rule_text),
                 Some(_) if target == Target::Pod => {}
-                Some(_) => out.warnings.push(format!(
+                Some(_) => warnings.push(format!(
                     "{} already sets restartPolicyRules; left unchanged",
                     where_(name, "sidecar")
                 )),
             }
         }
         for missing in named.difference(&found) {
-            out.warnings.push(match target {
+            warnings.push(match target {
                 Target::Template => format!(
                     "replicated job {}: {} names {}, which is not a container or sidecar of its \
                      pod template",

@@ -2,15 +2,23 @@
 //! template (README: Opting in).
 
 use super::annotations::{self, APPLIED, AnnotationError, Annotations, Scope, quote};
-use super::applied::{Applied, MAX_CHANGED_CONTAINERS, add_applied};
+use super::applied::{
+    Applied, MAX_CHANGED_CONTAINERS, MAX_CONTAINERS, MAX_REPLICATED_JOBS, add_applied,
+};
+use std::collections::{HashMap, HashSet};
+
 use super::containers::{Target, never, plan_pod_spec};
+use super::nodes::Memo;
+use super::patch::Patch;
 use super::resolve::{self, ContainersFrom, Decision, Inputs};
 use super::view::{Head, JobSetDoc, JobSetSpec, PodSpec, StrMap, pod_spec_pointer};
+use super::warnings::Warnings;
 use super::{Denial, DenialReason, Environment, Mutation};
 
 /// Mutates a JobSet CREATE. `raw` is the JSON of `request.object`.
 pub fn mutate_jobset(raw: &str, env: &Environment<'_>) -> Result<Mutation, Denial> {
-    let (namespace, ns_warning) = resolve::namespace_default(env.namespace_labels);
+    let (namespace, ns_warning) =
+        resolve::namespace_default(env.namespace_labels, env.namespace_opted_in);
     let doc: JobSetDoc<'_> = match serde_json::from_str(raw) {
         Ok(d) => d,
         Err(e) => return unreadable_jobset(raw, &e, namespace, env),
@@ -40,7 +48,8 @@ pub fn mutate_jobset(raw: &str, env: &Environment<'_>) -> Result<Mutation, Denia
             .iter()
             .filter_map(|r| r.name.as_deref())
             .collect();
-        if let Some(missing) = names.iter().find(|n| !existing.contains(&n.as_str())) {
+        let known: HashSet<&str> = existing.iter().copied().collect();
+        if let Some(missing) = names.iter().find(|n| !known.contains(n.as_str())) {
             return Err(AnnotationError::new(
                 &Scope::JobSet,
                 annotations::REPLICATED_JOBS,
@@ -62,8 +71,12 @@ pub fn mutate_jobset(raw: &str, env: &Environment<'_>) -> Result<Mutation, Denia
         }
     }
 
+    check_bounds(&spec, &jobset, &rjob_annotations, namespace, env)?;
+
     let mut applied = Applied::default();
     let mut any_enabled = false;
+    let mut warnings = Warnings::default();
+    let memo = Memo::default();
     let mut lists: Vec<NamedList<'_>> = Vec::new();
     let rules_go_to_pods =
         env.facts.jobset_crd_keeps_rules == Some(false) && env.config.targets.pods;
@@ -74,11 +87,7 @@ pub fn mutate_jobset(raw: &str, env: &Environment<'_>) -> Result<Mutation, Denia
         .enumerate()
     {
         let name = rj.name.as_deref().unwrap_or_default();
-        let listed = jobset
-            .replicated_jobs
-            .as_ref()
-            .is_none_or(|l| l.iter().any(|n| n == name));
-        if !listed && rj_ann.settings.in_place.is_none() {
+        if !listed(&jobset, name) && rj_ann.settings.in_place.is_none() {
             continue;
         }
         let pod_spec = rj.pod_spec();
@@ -90,14 +99,15 @@ pub fn mutate_jobset(raw: &str, env: &Environment<'_>) -> Result<Mutation, Denia
             config: env.config,
             facts: &env.facts,
             node_selector: &selector,
+            memo: &memo,
         };
-        let resolved = match resolve::resolve(&inputs, &mut out.warnings)? {
+        let resolved = match resolve::resolve(&inputs, &mut warnings)? {
             Decision::Disabled => continue,
             Decision::Enabled(r) => r,
         };
         any_enabled = true;
         let Some(pod_spec) = pod_spec else {
-            out.warnings.push(format!(
+            warnings.push(format!(
                 "replicated job {}: no pod template (template.spec.template.spec); left unchanged",
                 quote(name)
             ));
@@ -108,11 +118,11 @@ pub fn mutate_jobset(raw: &str, env: &Environment<'_>) -> Result<Mutation, Denia
         // the pod target would then take those containers for user-set and skip them. So
         // with the pod target on, the containers are left to it: the JobSet gets the pod
         // template's `restartPolicy` and the summary of what the pods will carry.
-        let mut template_ops = Mutation::default();
+        let mut template_ops = Patch::default();
         let sink = if rules_go_to_pods {
             &mut template_ops
         } else {
-            &mut out
+            &mut out.patch
         };
         let entries_before = applied.entries;
         let present = plan_pod_spec(
@@ -123,9 +133,9 @@ pub fn mutate_jobset(raw: &str, env: &Environment<'_>) -> Result<Mutation, Denia
             Target::Template,
             env,
             sink,
+            &mut warnings,
             &mut applied,
         )?;
-        out.warnings.append(&mut template_ops.warnings);
         let gets_rules = applied.entries > entries_before;
         if let Some(names) = resolved.containers {
             lists.push(NamedList {
@@ -138,7 +148,7 @@ pub fn mutate_jobset(raw: &str, env: &Environment<'_>) -> Result<Mutation, Denia
         // A pod template whose containers get no rule keeps its failure behaviour: switching
         // it to `Never` would change what the user asked for without giving in-place restarts.
         if !gets_rules {
-            out.warnings.push(format!(
+            warnings.push(format!(
                 "replicated job {}: no container gets the restart rule, so its pod template is \
                  left as it is",
                 quote(name)
@@ -148,13 +158,13 @@ pub fn mutate_jobset(raw: &str, env: &Environment<'_>) -> Result<Mutation, Denia
         match pod_spec.restart_policy.as_deref() {
             None => out.patch.add_under(&base, "restartPolicy", never()),
             Some("Never") => {}
-            Some("OnFailure") => out.warnings.push(format!(
+            Some("OnFailure") => warnings.push(format!(
                 "replicated job {}: the pod template sets restartPolicy: OnFailure, so every \
                  in-place restart counts against the Job's backoffLimit; set it to Never to \
                  avoid that",
                 quote(name)
             )),
-            Some(other) => out.warnings.push(format!(
+            Some(other) => warnings.push(format!(
                 "replicated job {}: the pod template sets restartPolicy: {}; Jobs accept only \
                  Never or OnFailure",
                 quote(name),
@@ -178,27 +188,29 @@ pub fn mutate_jobset(raw: &str, env: &Environment<'_>) -> Result<Mutation, Denia
         });
     }
     if let Some(w) = ns_warning {
-        out.warnings.push(w);
+        warnings.push(w);
     }
     if !any_enabled {
+        out.warnings = warnings.finish();
         return Ok(out);
     }
     if applied.is_empty() {
-        out.warnings.push(
+        warnings.push(
             "in-place restart is enabled for this JobSet, but no container gets the restart \
              rule, so the JobSet is left as it is"
                 .to_owned(),
         );
+        out.warnings = warnings.finish();
         return Ok(out);
     }
     if rules_go_to_pods {
-        out.warnings.push(
+        warnings.push(
             "the installed JobSet CRD predates restartPolicyRules (JobSet < v0.10) and would \
              prune them: the rules are injected into this JobSet's pods instead (pod target)"
                 .to_owned(),
         );
     } else if env.facts.jobset_crd_keeps_rules == Some(false) {
-        out.warnings.push(
+        warnings.push(
             "the installed JobSet CRD predates restartPolicyRules (JobSet < v0.10) and prunes \
              them from JobSets: the injected rules will not be stored; upgrade JobSet or run \
              the webhook with --targets jobsets,pods so that pods get the rules"
@@ -211,14 +223,99 @@ pub fn mutate_jobset(raw: &str, env: &Environment<'_>) -> Result<Mutation, Denia
         add_applied(&mut out.patch, doc.metadata.as_ref(), &summary);
     }
     out.summary = Some(summary);
+    out.warnings = warnings.finish();
     Ok(out)
 }
 
+/// Bounds before work (README: Opting in, "Bounds"): the replicated jobs that get in-place
+/// restart, and the containers and init containers of their pod templates, are counted
+/// before any replicated job is planned, from the list lengths alone. A replicated job whose
+/// preset the config lacks ends the count: the planning loop refuses it (or one before it)
+/// with that error, as the validating policy does (`admission_policy::cel`, `bounds`).
+fn check_bounds(
+    spec: &JobSetSpec<'_>,
+    jobset: &Annotations,
+    rjob_annotations: &[Annotations],
+    namespace: Option<annotations::InPlace>,
+    env: &Environment<'_>,
+) -> Result<(), Denial> {
+    let (mut rjobs, mut containers) = (0usize, 0usize);
+    for (rj, rj_ann) in spec.replicated_jobs.iter().zip(rjob_annotations) {
+        let name = rj.name.as_deref().unwrap_or_default();
+        if !listed(jobset, name) && rj_ann.settings.in_place.is_none() {
+            continue;
+        }
+        let inputs = Inputs {
+            jobset,
+            replicated_job: Some((name, rj_ann)),
+            namespace,
+            config: env.config,
+            facts: &env.facts,
+            node_selector: &[],
+            memo: &Memo::default(),
+        };
+        match resolve::enabled(&inputs) {
+            Err(_) => return Ok(()),
+            Ok(false) => continue,
+            Ok(true) => {}
+        }
+        rjobs += 1;
+        if rjobs > MAX_REPLICATED_JOBS {
+            return Err(Denial {
+                reason: DenialReason::Invalid,
+                message: too_many_replicated_jobs(spec.replicated_jobs.len()),
+            });
+        }
+        if let Some(ps) = rj.pod_spec() {
+            containers += ps.containers.as_ref().map_or(0, Vec::len)
+                + ps.init_containers.as_ref().map_or(0, Vec::len);
+        }
+    }
+    if containers > MAX_CONTAINERS {
+        return Err(Denial {
+            reason: DenialReason::Invalid,
+            message: too_many_containers(containers),
+        });
+    }
+    Ok(())
+}
+
+/// The denial of a JobSet of `total` replicated jobs, more than [`MAX_REPLICATED_JOBS`] of
+/// which get in-place restart.
+pub fn too_many_replicated_jobs(total: usize) -> String {
+    format!(
+        "in-place restart would apply to more than {MAX_REPLICATED_JOBS} of this JobSet's \
+         {total} replicated jobs, more than the webhook reviews in one JobSet; select the \
+         replicated jobs that need it with {} (replicated job names) or their own {}",
+        annotations::REPLICATED_JOBS,
+        annotations::IN_PLACE
+    )
+}
+
+/// The denial of a JobSet whose replicated jobs that get in-place restart have `containers`
+/// containers and init containers in all, more than [`MAX_CONTAINERS`].
+pub fn too_many_containers(containers: usize) -> String {
+    format!(
+        "in-place restart would apply to replicated jobs with {containers} containers and \
+         init containers in all, more than the {MAX_CONTAINERS} the webhook reads in one \
+         JobSet; select the replicated jobs that need it with {} (replicated job names)",
+        annotations::REPLICATED_JOBS
+    )
+}
+
+/// Whether the JobSet's `replicated-jobs` list (absent: all) names `rjob`.
+fn listed(jobset: &Annotations, rjob: &str) -> bool {
+    jobset
+        .replicated_jobs
+        .as_ref()
+        .is_none_or(|l| l.iter().any(|n| n == rjob))
+}
+
 /// A replicated job that names its containers, and the containers and init containers its
-/// pod template has.
+/// pod template has. The names are borrowed from the list that applies to it.
 struct NamedList<'a> {
     rjob: &'a str,
-    names: Vec<String>,
+    names: &'a [String],
     from: ContainersFrom,
     present: Vec<String>,
 }
@@ -229,14 +326,37 @@ struct NamedList<'a> {
 /// warning (`plan_pod_spec`). Lists written by the admin (a preset, the cluster config) serve
 /// many workloads and often name a superset (`trainer,main,worker`): they are refused only
 /// when none of their names is there. The first problem, in replicated-job and list order.
+/// Linear in the names and containers: each is put in a set once.
 fn check_container_names(lists: &[NamedList<'_>]) -> Result<(), Denial> {
-    let existing_in = |users: &mut dyn Iterator<Item = &NamedList<'_>>| -> String {
-        let mut existing: Vec<&str> = Vec::new();
-        for p in users.flat_map(|l| &l.present) {
-            if !existing.contains(&p.as_str()) {
-                existing.push(p);
+    let present: Vec<HashSet<&str>> = lists
+        .iter()
+        .map(|l| l.present.iter().map(String::as_str).collect())
+        .collect();
+    // Names that some list which names them finds.
+    let mut found: HashSet<&str> = HashSet::new();
+    // Per list content (one preset serves many replicated jobs): whether any of its users
+    // finds any of its names.
+    let mut any_found: HashMap<&[String], bool> = HashMap::new();
+    for (l, p) in lists.iter().zip(&present) {
+        let mut here = false;
+        for n in l.names {
+            if p.contains(n.as_str()) {
+                found.insert(n.as_str());
+                here = true;
             }
         }
+        *any_found.entry(l.names).or_insert(false) |= here;
+    }
+    // The containers of the lists `users` picks, each once, in order (the error path only).
+    let existing_in = |users: &dyn Fn(&NamedList<'_>) -> bool| -> String {
+        let mut seen: HashSet<&str> = HashSet::new();
+        let existing: Vec<&str> = lists
+            .iter()
+            .filter(|l| users(l))
+            .flat_map(|l| &l.present)
+            .map(String::as_str)
+            .filter(|p| seen.insert(p))
+            .collect();
         if existing.is_empty() {
             "they have none".to_owned()
         } else {
@@ -244,34 +364,29 @@ fn check_container_names(lists: &[NamedList<'_>]) -> Result<(), Denial> {
         }
     };
     for list in lists {
-        let value = list.names.join(",");
         let problem = match &list.from {
             ContainersFrom::Preset { .. } | ContainersFrom::Config => {
-                let users = || lists.iter().filter(|l| l.names == list.names);
-                if users().any(|l| l.names.iter().any(|n| l.present.contains(n))) {
+                if any_found.get(list.names).copied().unwrap_or(false) {
                     continue;
                 }
                 format!(
                     "none of these containers or sidecars is in the replicated jobs it applies \
                      to; {}",
-                    existing_in(&mut users())
+                    existing_in(&|l| l.names == list.names)
                 )
             }
             _ => {
-                let Some(name) = list.names.iter().find(|name| {
-                    !lists
-                        .iter()
-                        .any(|l| l.names.contains(name) && l.present.contains(name))
-                }) else {
+                let Some(name) = list.names.iter().find(|n| !found.contains(n.as_str())) else {
                     continue;
                 };
                 format!(
                     "no container or sidecar {} in the replicated jobs it applies to; {}",
                     quote(name),
-                    existing_in(&mut lists.iter().filter(|l| l.names.contains(name)))
+                    existing_in(&|l| l.names.contains(name))
                 )
             }
         };
+        let value = list.names.join(",");
         return Err(match &list.from {
             ContainersFrom::ReplicatedJob => AnnotationError::new(
                 &Scope::ReplicatedJob(list.rjob.to_owned()),
@@ -324,8 +439,9 @@ fn unreadable_jobset(
         config: env.config,
         facts: &env.facts,
         node_selector: &[],
+        memo: &Memo::default(),
     };
-    match resolve::resolve(&inputs, &mut Vec::new())? {
+    match resolve::resolve(&inputs, &mut Warnings::default())? {
         Decision::Disabled => Ok(Mutation::default()),
         Decision::Enabled(_) => Err(Denial {
             reason: DenialReason::BadRequest,

@@ -28,10 +28,11 @@ pub mod resolve;
 mod testing;
 pub mod update;
 mod view;
+pub mod warnings;
 
 pub use annotations::{Action, AnnotationError, ExitCodes, InPlace, Operator};
 pub use config::{Config, ConfigError, Targets};
-pub use jobset::mutate_jobset;
+pub use jobset::{mutate_jobset, too_many_containers, too_many_replicated_jobs};
 pub use nodes::{NodeInfo, Nodes};
 pub use parent::ParentJobSet;
 pub use patch::Patch;
@@ -45,6 +46,11 @@ pub struct Environment<'a> {
     pub config: &'a Config,
     /// The labels of the object's namespace; `None` when unknown.
     pub namespace_labels: Option<&'a BTreeMap<String, String>>,
+    /// The API server has established that the namespace is labelled
+    /// `restart.jobset.dev/in-place=enabled` (or `true`): the request came through the
+    /// `namespace-default` webhook, whose namespaceSelector says so. It decides over
+    /// `namespace_labels`, which come from a cache that may not have seen the label yet.
+    pub namespace_opted_in: bool,
     pub facts: ClusterFacts,
 }
 
@@ -52,6 +58,7 @@ pub struct Environment<'a> {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Mutation {
     pub patch: Patch,
+    /// At most [`warnings::MAX_WARNINGS`], the last one counting the rest.
     pub warnings: Vec<String>,
     /// What was injected, e.g. `workers/trainer=RestartAllContainers:NotIn(0)`; `None` when
     /// in-place restart does not apply to this object.

@@ -12,6 +12,7 @@
 //! the best guess. Node affinity, taints and tolerations are not considered: they would
 //! need the scheduler's full logic, and `nodeSelector` is how JobSets pick a pool.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -32,19 +33,26 @@ pub struct NodeInfo {
 /// The cluster's nodes at one moment, with the cluster-wide counts precomputed.
 ///
 /// A snapshot never changes (the watch builds a new one), so the answer for a
-/// `nodeSelector` is kept: a pass over 5,000 nodes took ~0.7 ms, a kept answer a hash
-/// lookup (docs/BENCHMARKS.md). At most [`MEMO`] selectors are kept per snapshot, so that
-/// JobSets with ever new selectors cannot grow it; beyond that each pays the pass.
+/// `nodeSelector` is kept: a pass over 5,000 nodes took ~0.5 ms, a kept answer a hash
+/// lookup (docs/BENCHMARKS.md "Node awareness"). The snapshot is shared by every review, so
+/// what one review may put in it is bounded: each review works out its selectors in its own
+/// [`Memo`] and hands at most [`SHARED_PER_REVIEW`] of them to the snapshot, which keeps at
+/// most [`MEMO`] and starts over when full. A review with thousands of new selectors thus
+/// pays its own passes and cannot crowd out the pools the other reviews use.
 #[derive(Debug, Default)]
 pub struct Nodes {
     nodes: Vec<Arc<NodeInfo>>,
     schedulable: usize,
     declaring: usize,
-    memo: Mutex<HashMap<Vec<(String, String)>, Support>>,
+    kept: Mutex<HashMap<Vec<(String, String)>, Support>>,
 }
 
 /// Selectors whose answer a snapshot keeps.
 pub const MEMO: usize = 256;
+
+/// New selectors one review may add to the answers its snapshot keeps: real JobSets pick a
+/// node pool or two.
+pub const SHARED_PER_REVIEW: usize = 4;
 
 impl Clone for Nodes {
     fn clone(&self) -> Self {
@@ -52,7 +60,7 @@ impl Clone for Nodes {
             nodes: self.nodes.clone(),
             schedulable: self.schedulable,
             declaring: self.declaring,
-            memo: Mutex::default(),
+            kept: Mutex::default(),
         }
     }
 }
@@ -64,6 +72,65 @@ impl PartialEq for Nodes {
 }
 
 impl Eq for Nodes {}
+
+/// The node answers of one review, per `nodeSelector`: a JobSet whose replicated jobs share a
+/// node pool pays at most one pass over the nodes for all of them. It holds at most one answer
+/// per replicated job the review plans, which the bound on those
+/// ([`super::applied::MAX_REPLICATED_JOBS`]) bounds, and it ends with the review.
+#[derive(Debug, Default)]
+pub struct Memo {
+    answers: RefCell<HashMap<Vec<(String, String)>, Support>>,
+    /// Answers this review has handed to the shared snapshot.
+    shared: Cell<usize>,
+    /// Passes over the nodes this review paid.
+    passes: Cell<usize>,
+}
+
+impl Memo {
+    /// [`Nodes::support`], each distinct selector worked out once per review, from the
+    /// snapshot's kept answers where it has one.
+    pub fn support(&self, nodes: &Nodes, node_selector: &[(&str, &str)]) -> Support {
+        if node_selector.is_empty() {
+            return nodes.cluster();
+        }
+        let key: Vec<(String, String)> = node_selector
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let here = self.answers.borrow().get(&key).copied();
+        if let Some(s) = here {
+            return s;
+        }
+        let found = match nodes.kept_answer(&key) {
+            Some(s) => s,
+            None => {
+                self.passes.set(self.passes.get() + 1);
+                let s = nodes.support(node_selector);
+                if self.shared.get() < SHARED_PER_REVIEW {
+                    self.shared.set(self.shared.get() + 1);
+                    nodes.keep(key.clone(), s);
+                }
+                s
+            }
+        };
+        self.answers.borrow_mut().insert(key, found);
+        found
+    }
+
+    /// Selectors worked out in this review.
+    pub fn len(&self) -> usize {
+        self.answers.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Passes over the nodes this review paid.
+    pub fn passes(&self) -> usize {
+        self.passes.get()
+    }
+}
 
 /// How many nodes a pod template can land on, and how many of those declare [`FEATURE`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +170,7 @@ impl Nodes {
             schedulable: usable().count(),
             declaring: usable().filter(|n| n.declares).count(),
             nodes,
-            memo: Mutex::default(),
+            kept: Mutex::default(),
         }
     }
 
@@ -121,32 +188,43 @@ impl Nodes {
         self.declaring
     }
 
-    /// The nodes a template with this `nodeSelector` can land on (see the module doc). The
-    /// cluster-wide answer costs nothing; a selector costs one pass over the nodes.
-    pub fn support(&self, node_selector: &[(&str, &str)]) -> Support {
-        let cluster = Support {
+    fn cluster(&self) -> Support {
+        Support {
             nodes: self.schedulable,
             declaring: self.declaring,
             pool: false,
-        };
+        }
+    }
+
+    /// The nodes a template with this `nodeSelector` can land on (see the module doc). The
+    /// cluster-wide answer costs nothing; a selector costs one pass over the nodes (reviews
+    /// ask through their [`Memo`], which keeps answers).
+    pub fn support(&self, node_selector: &[(&str, &str)]) -> Support {
+        let cluster = self.cluster();
         if node_selector.is_empty() {
             return cluster;
         }
-        let key: Vec<(String, String)> = node_selector
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+        self.scan(node_selector, cluster)
+    }
+
+    /// The kept answer for a selector.
+    fn kept_answer(&self, key: &[(String, String)]) -> Option<Support> {
         // A panic cannot leave the map half-written; a poisoned lock is still usable.
-        let memo = || self.memo.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = memo().get(&key) {
-            return *s;
+        self.kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    /// Keeps an answer; a full map starts over, so that selectors no review uses any more
+    /// give way to those in use.
+    fn keep(&self, key: Vec<(String, String)>, s: Support) {
+        let mut m = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MEMO {
+            m.clear();
         }
-        let found = self.scan(node_selector, cluster);
-        let mut m = memo();
-        if m.len() < MEMO {
-            m.insert(key, found);
-        }
-        found
+        m.insert(key, s);
     }
 
     fn scan(&self, node_selector: &[(&str, &str)], cluster: Support) -> Support {
@@ -216,20 +294,49 @@ mod tests {
         let none = nodes.support(&[("pool", "gpu"), ("zone", "a")]);
         assert_eq!(none, all, "no node in the pool: the cluster stands in");
         assert_eq!(nodes.support(&[("pool", "tpu")]), all);
-        // kept answers are the same answers
-        assert_eq!(nodes.support(&[("pool", "cpu")]), cpu);
-        assert_eq!(nodes.memo.lock().unwrap().len(), 4);
     }
 
     #[test]
-    fn the_memo_is_bounded() {
-        let nodes = Nodes::new(vec![node("gpu", true, false)]);
-        for i in 0..MEMO + 10 {
-            let v = i.to_string();
-            nodes.support(&[("pool", &v)]);
+    fn a_review_pays_each_selector_once_and_hands_few_to_the_snapshot() {
+        let nodes = Nodes::new(vec![node("gpu", true, false), node("cpu", false, false)]);
+        let memo = Memo::default();
+        for i in 0..1000 {
+            let v = if i % 2 == 0 { "gpu" } else { "cpu" };
+            assert_eq!(
+                memo.support(&nodes, &[("pool", v)]),
+                nodes.support(&[("pool", v)])
+            );
         }
-        assert_eq!(nodes.memo.lock().unwrap().len(), MEMO);
-        assert!(nodes.support(&[("pool", "gpu")]).all(), "still answered");
+        assert_eq!(
+            (memo.len(), memo.passes()),
+            (2, 2),
+            "one pass per distinct selector"
+        );
+        // A review with ever new selectors pays its own passes and leaves at most
+        // SHARED_PER_REVIEW of them in the snapshot that every review shares.
+        let junk = Memo::default();
+        for i in 0..1000 {
+            let v = i.to_string();
+            junk.support(&nodes, &[("pool", &v)]);
+        }
+        assert_eq!(junk.passes(), 1000);
+        let kept = nodes.kept.lock().unwrap().len();
+        assert_eq!(
+            kept,
+            2 + SHARED_PER_REVIEW,
+            "the snapshot keeps only what reviews hand it"
+        );
+        // The next review finds the pools in use kept: no pass.
+        let next = Memo::default();
+        assert!(next.support(&nodes, &[("pool", "gpu")]).all());
+        assert_eq!(next.passes(), 0);
+        // Many reviews can fill the snapshot; it starts over instead of refusing new ones.
+        for r in 0..MEMO {
+            let m = Memo::default();
+            let v = format!("r{r}");
+            m.support(&nodes, &[("pool", &v)]);
+        }
+        assert!(nodes.kept.lock().unwrap().len() <= MEMO);
         assert_eq!(nodes.clone(), nodes);
     }
 

@@ -8,8 +8,10 @@ use json_patch::jsonptr::PointerBuf;
 use super::annotations::{self, Scope, quote};
 use super::applied::{Applied, MAX_CHANGED_CONTAINERS};
 use super::containers::{Target, plan_pod_spec};
+use super::nodes::Memo;
 use super::resolve::{self, Decision, Inputs};
 use super::view::{Head, PodSpec};
+use super::warnings::Warnings;
 use super::{Environment, Mutation, ParentJobSet};
 
 /// Labels the JobSet controller puts on every pod it creates.
@@ -49,14 +51,16 @@ pub fn mutate_pod(
         ));
         return out;
     };
-    match plan_pod(&head, rjob_name, &parent, env, &mut out) {
+    let mut warnings = Warnings::default();
+    match plan_pod(&head, rjob_name, &parent, env, &mut out, &mut warnings) {
         Ok(()) => {}
         Err(e) => {
             out.patch.clear();
             out.summary = None;
-            out.warnings.push(format!("pod left unchanged: {e}"));
+            warnings.push(format!("pod left unchanged: {e}"));
         }
     }
+    out.warnings = warnings.finish();
     out
 }
 
@@ -66,6 +70,7 @@ fn plan_pod(
     parent: &ParentJobSet,
     env: &Environment<'_>,
     out: &mut Mutation,
+    warnings: &mut Warnings,
 ) -> Result<(), String> {
     let jobset = annotations::parse(pairs(&parent.annotations), &Scope::JobSet)
         .map_err(|e| format!("its JobSet's annotations are invalid: {e}"))?;
@@ -85,7 +90,7 @@ fn plan_pod(
     if !listed && rj.settings.in_place.is_none() {
         return Ok(());
     }
-    let (namespace, _) = resolve::namespace_default(env.namespace_labels);
+    let (namespace, _) = resolve::namespace_default(env.namespace_labels, env.namespace_opted_in);
     // Read before the decision (its nodeSelector picks the nodes that count); an unreadable
     // spec matters only when in-place restart applies.
     let spec: Option<Result<PodSpec<'_>, String>> = head.spec.map(|raw| {
@@ -103,8 +108,9 @@ fn plan_pod(
         config: env.config,
         facts: &env.facts,
         node_selector: &selector,
+        memo: &Memo::default(),
     };
-    let resolved = match resolve::resolve(&inputs, &mut out.warnings).map_err(|e| e.to_string())? {
+    let resolved = match resolve::resolve(&inputs, warnings).map_err(|e| e.to_string())? {
         Decision::Disabled => return Ok(()),
         Decision::Enabled(r) => r,
     };
@@ -121,7 +127,8 @@ fn plan_pod(
         rjob_name,
         Target::Pod,
         env,
-        out,
+        &mut out.patch,
+        warnings,
         &mut applied,
     )
     .map_err(|d| d.message)?;

@@ -10,10 +10,12 @@ use super::annotations::{
     Settings, quote,
 };
 use super::config::Config;
-use super::nodes::{FEATURE, Nodes, Support};
+use super::nodes::{FEATURE, Memo, Nodes, Support};
+use super::warnings::Warnings;
 
 /// What the webhook knows about the cluster it runs in. `None` means "not probed" (offline
-/// `mutate`, or `serve` without credentials); the engine then trusts the config.
+/// `mutate`, `serve` without credentials, or a probe that has not answered); the engine then
+/// trusts the config, and without one defaults the action to `Restart`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterFacts {
     /// Whether the API server accepts the `RestartAllContainers` action.
@@ -28,13 +30,15 @@ pub struct ClusterFacts {
 /// The label on a Namespace that sets the default for JobSets in it.
 pub const NAMESPACE_LABEL: &str = IN_PLACE;
 
-/// The rule to inject into one pod spec.
+/// The rule to inject into one pod spec. The container list is borrowed from the annotation,
+/// preset or config that wrote it: one list that applies to many replicated jobs is never
+/// copied per replicated job.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Resolved {
+pub struct Resolved<'a> {
     pub action: Action,
     pub exit_codes: ExitCodes,
     /// `None`: every regular container. `Some`: exactly the named containers and sidecars.
-    pub containers: Option<Vec<String>>,
+    pub containers: Option<&'a [String]>,
     /// Where `containers` was written, so that a name that matches nothing can be blamed on
     /// the annotation, preset or config that wrote it.
     pub containers_from: ContainersFrom,
@@ -57,28 +61,37 @@ pub enum ContainersFrom {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub enum Decision<'a> {
     Disabled,
-    Enabled(Resolved),
+    Enabled(Resolved<'a>),
 }
 
-/// The inputs of one resolution.
-pub struct Inputs<'a> {
+/// The inputs of one resolution: what a decision borrows (`'a`: annotations, config) and
+/// what it only reads (`'n`: the node selector and the review's node answers).
+pub struct Inputs<'a, 'n> {
     pub jobset: &'a Annotations,
     /// `None` for a pod whose replicated job is unknown, or has no annotations.
     pub replicated_job: Option<(&'a str, &'a Annotations)>,
     pub namespace: Option<InPlace>,
     pub config: &'a Config,
-    pub facts: &'a ClusterFacts,
+    pub facts: &'n ClusterFacts,
     /// The pod template's (or pod's) `nodeSelector`: the node pool it runs in.
-    pub node_selector: &'a [(&'a str, &'a str)],
+    pub node_selector: &'n [(&'n str, &'n str)],
+    /// The node answers of this review, per `nodeSelector`.
+    pub memo: &'n Memo,
 }
 
-/// Reads the namespace default from a namespace's labels. A label value that is not one of
-/// ours is the admin's mistake, not the user's: it is ignored with a warning.
+/// Reads the namespace default: `enabled` when the API server's namespaceSelector already
+/// established it (`opted_in`, see [`crate::engine::Environment`]), else from the namespace's
+/// labels. A label value that is not one of ours is the admin's mistake, not the user's: it
+/// is ignored with a warning.
 pub fn namespace_default(
     labels: Option<&BTreeMap<String, String>>,
+    opted_in: bool,
 ) -> (Option<InPlace>, Option<String>) {
+    if opted_in {
+        return (Some(InPlace::Enabled), None);
+    }
     let Some(value) = labels.and_then(|l| l.get(NAMESPACE_LABEL)) else {
         return (None, None);
     };
@@ -95,11 +108,12 @@ pub fn namespace_default(
     }
 }
 
-/// Resolves the decision for one replicated job. Warnings are appended to `warnings`.
-pub fn resolve(
-    inputs: &Inputs<'_>,
-    warnings: &mut Vec<String>,
-) -> Result<Decision, AnnotationError> {
+/// The preset that applies (named on the replicated job, else on the JobSet) and where it
+/// was named, or the error for a preset the config does not define.
+#[allow(clippy::type_complexity)]
+fn preset<'a>(
+    inputs: &Inputs<'a, '_>,
+) -> Result<(Option<&'a str>, Option<Scope>, Option<&'a Settings>), AnnotationError> {
     let rjob = inputs.replicated_job.map(|(_, a)| a);
     // A preset named on the replicated job replaces one named on the JobSet.
     let (preset_name, preset_scope) = match rjob.and_then(|a| a.preset.as_deref()) {
@@ -134,6 +148,40 @@ pub fn resolve(
             }
         },
     };
+    Ok((preset_name, preset_scope, preset))
+}
+
+/// The explicit `in-place` (replicated job, JobSet, preset, highest first), and the value
+/// after the namespace label and the cluster config.
+fn in_place_of(inputs: &Inputs<'_, '_>, preset: Option<&Settings>) -> (Option<InPlace>, InPlace) {
+    let explicit = [
+        inputs.replicated_job.map(|(_, a)| &a.settings),
+        Some(&inputs.jobset.settings),
+        preset,
+    ];
+    let explicit_in_place = explicit.iter().flatten().find_map(|s| s.in_place);
+    let in_place = explicit_in_place
+        .or(inputs.namespace)
+        .or(inputs.config.defaults.in_place)
+        .unwrap_or(InPlace::Disabled);
+    (explicit_in_place, in_place)
+}
+
+/// Whether in-place restart applies to this replicated job: [`resolve`]'s first step alone,
+/// with no node lookup and no warning, so that a JobSet can be measured against its bounds
+/// before any replicated job is planned. The error is [`resolve`]'s for the same inputs.
+pub fn enabled(inputs: &Inputs<'_, '_>) -> Result<bool, AnnotationError> {
+    let (_, _, preset) = preset(inputs)?;
+    Ok(in_place_of(inputs, preset).1 == InPlace::Enabled)
+}
+
+/// Resolves the decision for one replicated job. Warnings are appended to `warnings`.
+pub fn resolve<'a>(
+    inputs: &Inputs<'a, '_>,
+    warnings: &mut Warnings,
+) -> Result<Decision<'a>, AnnotationError> {
+    let rjob = inputs.replicated_job.map(|(_, a)| a);
+    let (preset_name, preset_scope, preset) = preset(inputs)?;
 
     // The explicit layers, in precedence order; `None` entries are skipped.
     let explicit: [Option<&Settings>; 3] = [
@@ -143,11 +191,7 @@ pub fn resolve(
     ];
     let pick = |f: &dyn Fn(&Settings) -> bool| explicit.iter().flatten().copied().find(|s| f(s));
 
-    let explicit_in_place = explicit.iter().flatten().find_map(|s| s.in_place);
-    let in_place = explicit_in_place
-        .or(inputs.namespace)
-        .or(inputs.config.defaults.in_place)
-        .unwrap_or(InPlace::Disabled);
+    let (explicit_in_place, in_place) = in_place_of(inputs, preset);
     if in_place == InPlace::Disabled {
         // Naming a preset while a default disables in-place restart is likely a surprise;
         // an explicit `disabled` is not.
@@ -192,7 +236,7 @@ pub fn resolve(
         .facts
         .nodes
         .as_ref()
-        .map(|n| n.support(inputs.node_selector))
+        .map(|n| inputs.memo.support(n, inputs.node_selector))
         .filter(|s| s.nodes > 0);
     let action = match (explicit_action, api, nodes) {
         (Some(Action::RestartAllContainers), Some(false), _) => {
@@ -239,14 +283,11 @@ pub fn resolve(
                 Action::Restart
             }
             (Some(Action::RestartAllContainers), _, Some(s)) if s.declaring == 0 => {
-                warn_once(
-                    warnings,
-                    format!(
-                        "the cluster default action RestartAllContainers cannot run here: {} \
+                warnings.push_once(format!(
+                    "the cluster default action RestartAllContainers cannot run here: {} \
                          declare the {FEATURE} feature; using Restart",
-                        s.describe()
-                    ),
-                );
+                    s.describe()
+                ));
                 Action::Restart
             }
             (Some(a), _, _) => {
@@ -257,19 +298,23 @@ pub fn resolve(
             }
             (None, Some(false), _) => Action::Restart,
             (None, _, Some(s)) if !s.all() => {
-                warn_once(
-                    warnings,
-                    format!(
-                        "the action defaults to Restart, not RestartAllContainers: {} declare{} \
+                warnings.push_once(format!(
+                    "the action defaults to Restart, not RestartAllContainers: {} declare{} \
                          the {FEATURE} feature, which RestartAllContainers needs; set {ACTION} \
                          to choose",
-                        s.describe(),
-                        if s.declaring == 1 { "s" } else { "" }
-                    ),
-                );
+                    s.describe(),
+                    if s.declaring == 1 { "s" } else { "" }
+                ));
                 Action::Restart
             }
-            (None, _, _) => Action::RestartAllContainers,
+            // Nothing says whether the API server accepts RestartAllContainers (no cluster,
+            // or its probe has not answered): Restart, which every supported version accepts
+            // (RestartAllContainers is off by default on 1.35), said once.
+            (None, None, _) => {
+                warnings.push_once(UNKNOWN_CAPABILITY.to_owned());
+                Action::Restart
+            }
+            (None, Some(true), _) => Action::RestartAllContainers,
         },
     };
 
@@ -286,7 +331,7 @@ pub fn resolve(
                 .get(i)
                 .copied()
                 .flatten()
-                .and_then(|s| s.containers.clone()),
+                .and_then(|s| s.containers.as_deref()),
             match i {
                 0 => ContainersFrom::ReplicatedJob,
                 1 => ContainersFrom::JobSet,
@@ -296,8 +341,8 @@ pub fn resolve(
                 },
             },
         ),
-        None => match &inputs.config.defaults.containers {
-            Some(c) => (Some(c.clone()), ContainersFrom::Config),
+        None => match inputs.config.defaults.containers.as_deref() {
+            Some(c) => (Some(c), ContainersFrom::Config),
             None => (None, ContainersFrom::Nowhere),
         },
     };
@@ -309,6 +354,12 @@ pub fn resolve(
         containers_from,
     }))
 }
+
+/// The warning of a default action chosen without knowing the API server's capability.
+pub const UNKNOWN_CAPABILITY: &str = "the action defaults to Restart: whether this cluster's \
+     API server accepts RestartAllContainers is not known (no cluster connection, or its \
+     capability probe has not answered), and Restart is accepted by every supported version; \
+     set restart.jobset.dev/action to choose";
 
 /// The start of a denial for lack of nodes.
 const NODES_NEED: &str = "RestartAllContainers pods need nodes that declare support for it";
@@ -330,24 +381,14 @@ fn nodes_phrase(s: &Support) -> String {
 
 /// RestartAllContainers where only some of the nodes can run it: allowed (the scheduler
 /// places the pods on those), said once.
-fn warn_partial(nodes: Option<Support>, warnings: &mut Vec<String>) {
+fn warn_partial(nodes: Option<Support>, warnings: &mut Warnings) {
     if let Some(s) = nodes.filter(|s| !s.all()) {
-        warn_once(
-            warnings,
-            format!(
-                "RestartAllContainers: only {} declare{} the {FEATURE} feature; the scheduler \
+        warnings.push_once(format!(
+            "RestartAllContainers: only {} declare{} the {FEATURE} feature; the scheduler \
                  places these pods on those nodes only",
-                s.describe(),
-                if s.declaring == 1 { "s" } else { "" }
-            ),
-        );
-    }
-}
-
-/// Node warnings are the same for every replicated job on the same nodes: once per review.
-fn warn_once(warnings: &mut Vec<String>, w: String) {
-    if !warnings.contains(&w) {
-        warnings.push(w);
+            s.describe(),
+            if s.declaring == 1 { "s" } else { "" }
+        ));
     }
 }
 

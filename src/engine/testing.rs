@@ -10,7 +10,13 @@ pub(super) fn env(config: &Config) -> Environment<'_> {
     Environment {
         config,
         namespace_labels: None,
-        facts: ClusterFacts::default(),
+        namespace_opted_in: false,
+        // A cluster whose API server accepts RestartAllContainers (1.36); the unknown
+        // capability has its own tests (resolve).
+        facts: ClusterFacts {
+            restart_all_containers: Some(true),
+            ..ClusterFacts::default()
+        },
     }
 }
 

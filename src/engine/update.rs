@@ -27,7 +27,7 @@
 //!
 //! An update that drops nothing of ours gets an empty answer after reading the two views.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use json_patch::jsonptr::PointerBuf;
@@ -76,12 +76,23 @@ fn settings(doc: &JobSetDoc<'_>) -> ParentJobSet {
     view
 }
 
-fn pod_spec<'d, 'a>(doc: &'d JobSetDoc<'a>, rjob: &str) -> Option<(usize, &'d PodSpec<'a>)> {
-    doc.spec
+/// The stored pod templates by replicated job name (the first of a name, as a lookup by name
+/// finds it), each with its index: one pass, so that looking them up per replicated job of
+/// the update is linear in the replicated jobs.
+fn pod_specs<'d, 'a>(doc: &'d JobSetDoc<'a>) -> HashMap<&'d str, (usize, &'d PodSpec<'a>)> {
+    let mut out = HashMap::new();
+    for (i, rj) in doc
+        .spec
         .iter()
         .flat_map(|s| s.replicated_jobs.iter().enumerate())
-        .find(|(_, rj)| rj.name.as_deref() == Some(rjob))
-        .and_then(|(i, rj)| Some((i, rj.pod_spec()?)))
+    {
+        if let Some(name) = rj.name.as_deref() {
+            out.entry(name).or_insert((i, rj.pod_spec()));
+        }
+    }
+    out.into_iter()
+        .filter_map(|(name, (i, ps))| Some((name, (i, ps?))))
+        .collect()
 }
 
 /// Whether container `j` of the update is, byte for byte, the stored container `j`.
@@ -115,21 +126,22 @@ fn restore(new: &JobSetDoc<'_>, old: &JobSetDoc<'_>, record: &str) -> Result<Mut
     let entries: Vec<&str> = record.split(", ").collect();
     let cut = entries.iter().any(|e| e.starts_with("... and "));
     // `rjob/container` of each entry; names are DNS labels, so `/`, `=` and `, ` separate.
-    let keys: Vec<(&str, &str)> = entries
+    let keys: HashSet<(&str, &str)> = entries
         .iter()
         .filter_map(|e| e.split_once('=').and_then(|(k, _)| k.split_once('/')))
         .collect();
-    let recorded =
-        |rjob: &str, container: &str| cut || keys.iter().any(|&(r, c)| r == rjob && c == container);
+    let rjobs: HashSet<&str> = keys.iter().map(|&(r, _)| r).collect();
+    let recorded = |rjob: &str, container: &str| cut || keys.contains(&(rjob, container));
+    let stored_specs = pod_specs(old);
 
     let mut out = Mutation::default();
     let mut restored = 0usize;
     for (i, rj) in new.spec.iter().flat_map(|s| &s.replicated_jobs).enumerate() {
         let rjob = rj.name.as_deref().unwrap_or_default();
-        if !(cut || keys.iter().any(|&(r, _)| r == rjob)) {
+        if !(cut || rjobs.contains(rjob)) {
             continue;
         }
-        let (Some(ps), Some((old_i, old_ps))) = (rj.pod_spec(), pod_spec(old, rjob)) else {
+        let (Some(ps), Some(&(old_i, old_ps))) = (rj.pod_spec(), stored_specs.get(rjob)) else {
             continue;
         };
         let base = pod_spec_pointer(i);
@@ -261,6 +273,7 @@ mod tests {
         Environment {
             config,
             namespace_labels: None,
+            namespace_opted_in: false,
             facts: ClusterFacts::default(),
         }
     }

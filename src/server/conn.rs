@@ -1,5 +1,5 @@
 //! Listeners and connections: accept with a connection cap, TLS handshake with a deadline,
-//! HTTP/1.1 (or h2 when negotiated) through hyper, per-connection deadlines, graceful drain.
+//! HTTP/1.1 through hyper, per-connection deadlines, graceful drain.
 //!
 //! Deadlines are kept here rather than with hyper's `header_read_timeout`, because hyper
 //! starts that timer whenever the connection waits for a request head, so it also closes
@@ -22,6 +22,7 @@
 use std::convert::Infallible;
 use std::future::{Future, pending, poll_fn};
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,13 +32,13 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tower_service::Service;
-use tracing::{debug, warn};
+use tracing::{Instrument as _, debug, info_span, warn};
 
 use crate::telemetry::{CodeLabels, Metrics};
 
@@ -74,8 +75,6 @@ struct ClockState {
     head_started: Option<Instant>,
     /// When the connection last became idle.
     idle_since: Instant,
-    /// HTTP/1 only: with h2, bytes arrive for pings and streams at any time.
-    track_heads: bool,
 }
 
 /// Which deadline closed a connection.
@@ -83,12 +82,16 @@ struct ClockState {
 enum Expired {
     Header,
     Idle,
+    /// Closed to make room for a newcomer at a cap ([`Conns`]).
+    Evicted,
 }
 
 pub(crate) struct Clock {
     state: Mutex<ClockState>,
     changed: Notify,
     limits: Limits,
+    /// Set by [`Conns`]: close as soon as no request is being handled.
+    evicted: AtomicBool,
 }
 
 impl Clock {
@@ -101,20 +104,19 @@ impl Clock {
                 busy: 0,
                 head_started: Some(now),
                 idle_since: now,
-                track_heads: true,
             }),
             changed: Notify::new(),
             limits,
+            evicted: AtomicBool::new(false),
         })
     }
 
-    /// After the TLS handshake: restart the header deadline (HTTP/1), or stop timing heads (h2).
-    fn handshake_done(&self, h2: bool) {
+    /// After the TLS handshake: restart the header deadline.
+    fn handshake_done(&self) {
         let mut s = self.lock();
         let now = Instant::now();
         s.idle_since = now;
-        s.track_heads = !h2;
-        s.head_started = (!h2).then_some(now);
+        s.head_started = Some(now);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ClockState> {
@@ -124,7 +126,7 @@ impl Clock {
 
     fn bytes_read(&self) {
         let mut s = self.lock();
-        if s.track_heads && s.busy == 0 && s.head_started.is_none() {
+        if s.busy == 0 && s.head_started.is_none() {
             s.head_started = Some(Instant::now());
             drop(s);
             // The header deadline is earlier than the idle one: wake the watchdog.
@@ -149,14 +151,19 @@ impl Clock {
         }
     }
 
+    /// `None` while a request is handled. The flags bound the limits (`args::TIMEOUT`); a
+    /// limit past the clock's range anyway (a caller that builds `Limits` itself) means no
+    /// deadline rather than a panic.
     fn deadline(&self) -> Option<(Instant, Expired)> {
         let s = self.lock();
         if s.busy > 0 {
             None
+        } else if self.evicted.load(Ordering::Relaxed) {
+            Some((Instant::now(), Expired::Evicted))
         } else if let Some(t) = s.head_started {
-            Some((t + self.limits.header_read, Expired::Header))
+            Some((t.checked_add(self.limits.header_read)?, Expired::Header))
         } else {
-            Some((s.idle_since + self.limits.idle, Expired::Idle))
+            Some((s.idle_since.checked_add(self.limits.idle)?, Expired::Idle))
         }
     }
 }
@@ -237,10 +244,174 @@ pub(crate) struct Listener<S> {
     /// `None` for the plain admin port.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub limits: Limits,
-    /// One permit per open connection.
-    pub connections: Arc<Semaphore>,
+    /// The open connections, their caps and who may be evicted.
+    pub connections: Arc<Conns>,
     /// Becomes `true` when connections should finish their current request and close.
     pub shutdown: watch::Receiver<bool>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Connection caps
+
+/// Which connections [`Conns`] may close to make room for a newcomer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Evict {
+    /// Idle keep-alive connections (between requests), oldest first.
+    Idle,
+    /// Idle ones first, then the ones still waiting for a request's head (the admin port:
+    /// its clients, kubelet probes and scrapes, send their request at once, so a connection
+    /// that has sent nothing is the likeliest to be holding a slot).
+    IdleOrWaiting,
+}
+
+/// The open connections of one listener: at most `max`, at most `per_peer` from one IP
+/// address. At either cap a newcomer takes the place of an evictable connection (see
+/// [`Evict`]) of the same peer or, at the listener's cap, of anyone; only when every
+/// candidate is handling a request is the newcomer closed at once. So a client that holds
+/// idle connections cannot keep others out, and one peer cannot hold more than `per_peer`
+/// (README "Hardening": why the default allows the API server, or a Konnectivity agent that
+/// carries every API server's calls, half of the webhook port).
+pub(crate) struct Conns {
+    state: Mutex<ConnsState>,
+    max: usize,
+    per_peer: usize,
+    evict: Evict,
+    /// Notified whenever a connection closes (the drain waits on it).
+    closed: Notify,
+}
+
+#[derive(Default)]
+struct ConnsState {
+    next_id: u64,
+    open: std::collections::HashMap<u64, (IpAddr, Arc<Clock>)>,
+    per_peer: std::collections::HashMap<IpAddr, usize>,
+}
+
+/// Why [`Conns::admit`] closed a newcomer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Cap,
+    PerPeerCap,
+}
+
+impl Conns {
+    pub(crate) fn new(max: usize, per_peer: usize, evict: Evict) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(ConnsState::default()),
+            max: max.max(1),
+            per_peer: per_peer.clamp(1, max.max(1)),
+            evict,
+            closed: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnsState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Open connections.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().open.len()
+    }
+
+    /// Waits until no connection is open.
+    pub(crate) async fn all_closed(&self) {
+        loop {
+            let closed = self.closed.notified();
+            let mut closed = std::pin::pin!(closed);
+            closed.as_mut().enable();
+            if self.len() == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+
+    /// Takes a place for a connection from `peer` with `clock`, evicting another when a cap
+    /// is reached; `Ok(evicted)` says whether one was.
+    fn admit(self: &Arc<Self>, peer: IpAddr, clock: &Arc<Clock>) -> Result<(Slot, bool), Refused> {
+        let mut s = self.lock();
+        let mut evicted = false;
+        if s.per_peer.get(&peer).copied().unwrap_or(0) >= self.per_peer {
+            let victim = self.victim(&s, Some(peer)).ok_or(Refused::PerPeerCap)?;
+            Self::remove(&mut s, victim);
+            evicted = true;
+        } else if s.open.len() >= self.max {
+            let victim = self.victim(&s, None).ok_or(Refused::Cap)?;
+            Self::remove(&mut s, victim);
+            evicted = true;
+        }
+        let id = s.next_id;
+        s.next_id = s.next_id.wrapping_add(1);
+        s.open.insert(id, (peer, clock.clone()));
+        *s.per_peer.entry(peer).or_insert(0) += 1;
+        Ok((
+            Slot {
+                conns: self.clone(),
+                id,
+            },
+            evicted,
+        ))
+    }
+
+    /// The connection to evict (of `peer` only, when given): the oldest idle one, else (with
+    /// [`Evict::IdleOrWaiting`]) the oldest still waiting for a head; never one handling a
+    /// request.
+    fn victim(&self, s: &ConnsState, peer: Option<IpAddr>) -> Option<u64> {
+        let mut best: Option<(u8, Instant, u64)> = None;
+        for (id, (ip, clock)) in &s.open {
+            if peer.is_some_and(|p| p != *ip) || clock.evicted.load(Ordering::Relaxed) {
+                continue;
+            }
+            let c = clock.lock();
+            let candidate = match (c.busy, c.head_started) {
+                (0, None) => (0, c.idle_since),
+                (0, Some(t)) if self.evict == Evict::IdleOrWaiting => (1, t),
+                _ => continue,
+            };
+            drop(c);
+            if best.is_none_or(|(rank, at, _)| (candidate.0, candidate.1) < (rank, at)) {
+                best = Some((candidate.0, candidate.1, *id));
+            }
+        }
+        best.map(|(_, _, id)| id)
+    }
+
+    /// Forgets `id` and tells its connection to close (its task ends on its own).
+    fn remove(s: &mut ConnsState, id: u64) {
+        if let Some((ip, clock)) = s.open.remove(&id) {
+            Self::forget_peer(s, ip);
+            clock.evicted.store(true, Ordering::Relaxed);
+            clock.changed.notify_one();
+        }
+    }
+
+    fn forget_peer(s: &mut ConnsState, ip: IpAddr) {
+        if let Some(n) = s.per_peer.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                s.per_peer.remove(&ip);
+            }
+        }
+    }
+}
+
+/// A connection's place in [`Conns`], given back when dropped (unless it was evicted, which
+/// gave it back already).
+pub(crate) struct Slot {
+    conns: Arc<Conns>,
+    id: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut s = self.conns.lock();
+        if let Some((ip, _)) = s.open.remove(&self.id) {
+            Conns::forget_peer(&mut s, ip);
+        }
+        drop(s);
+        self.conns.closed.notify_waiters();
+    }
 }
 
 /// What the connection layer needs of a service: axum's `Router` (behind our layers) is one.
@@ -296,21 +467,31 @@ pub(crate) async fn accept_loop<S: HttpService>(
                 continue;
             }
         };
-        let Ok(permit) = l.connections.clone().try_acquire_owned() else {
-            // At the cap: close at once rather than let the kernel queue grow unseen.
-            if let Some(m) = &l.metrics {
-                m.connections_rejected.inc();
+        let clock = Clock::new(l.limits);
+        let slot = match l.connections.admit(peer.ip(), &clock) {
+            Ok((slot, _evicted)) => slot,
+            Err(why) => {
+                // Every candidate is busy: close at once rather than let the kernel queue
+                // grow unseen.
+                if let Some(m) = &l.metrics {
+                    m.connections_rejected.inc();
+                }
+                debug!(%peer, ?why, "connection limit reached; closing");
+                drop(tcp);
+                continue;
             }
-            debug!(%peer, "connection limit reached; closing");
-            drop(tcp);
-            continue;
         };
         let _ = tcp.set_nodelay(true);
         let l = l.clone();
-        tokio::spawn(async move {
-            let _open = l.metrics.as_ref().map(OpenConnection::new);
-            connection(tcp, peer, &l, permit).await;
-        });
+        // Every line of the connection, its reviews' included, carries `conn{peer}`.
+        let span = info_span!("conn", %peer);
+        tokio::spawn(
+            async move {
+                let _open = l.metrics.as_ref().map(OpenConnection::new);
+                connection(tcp, peer, &l, clock, slot).await;
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -334,9 +515,9 @@ async fn connection<S: HttpService>(
     tcp: TcpStream,
     peer: std::net::SocketAddr,
     l: &Listener<S>,
-    _permit: OwnedSemaphorePermit,
+    clock: Arc<Clock>,
+    _slot: Slot,
 ) {
-    let clock = Clock::new(l.limits);
     let io = ClockedIo {
         inner: tcp,
         clock: clock.clone(),
@@ -368,13 +549,8 @@ async fn connection<S: HttpService>(
             return;
         }
     };
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    clock.handshake_done(h2);
-    if h2 {
-        serve_h2(tls, clock, l).await;
-    } else {
-        serve_h1(tls, clock, l).await;
-    }
+    clock.handshake_done();
+    serve_h1(tls, clock, l).await;
 }
 
 pin_project_lite::pin_project! {
@@ -468,6 +644,13 @@ fn expired<S>(l: &Listener<S>, kind: Expired) {
     let phase = match kind {
         Expired::Header => "header",
         Expired::Idle => "idle",
+        Expired::Evicted => {
+            if let Some(m) = &l.metrics {
+                m.connections_evicted.inc();
+            }
+            debug!("connection evicted to make room; closing");
+            return;
+        }
     };
     if let Some(m) = &l.metrics {
         m.timeout(phase);
@@ -526,43 +709,6 @@ where
     // Only the socket lingers: hyper's buffers (up to MAX_HEAD read) are dropped here.
     let io = conn.into_parts().io.into_inner();
     linger(io).await;
-}
-
-async fn serve_h2<I, S>(io: I, clock: Arc<Clock>, l: &Listener<S>)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: HttpService,
-{
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(20)))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .max_concurrent_streams(Some(100));
-    let conn = builder.serve_connection(TokioIo::new(io), service(&l.service, &clock));
-    let mut conn = std::pin::pin!(conn);
-    let mut shutdown = l.shutdown.clone();
-    if *shutdown.borrow() {
-        conn.as_mut().graceful_shutdown();
-    }
-    let graceful = AtomicBool::new(false);
-    let result = watched(
-        &clock,
-        &mut shutdown,
-        |cx| {
-            if graceful.swap(false, Ordering::Relaxed) {
-                conn.as_mut().graceful_shutdown();
-            }
-            conn.as_mut().poll(cx)
-        },
-        || graceful.store(true, Ordering::Relaxed),
-    )
-    .await;
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!(error = %e, "HTTP/2 connection ended with an error"),
-        Err(kind) => expired(l, kind),
-    }
 }
 
 /// Shuts down our side, then reads and discards what the client still sends, bounded in

@@ -7,14 +7,15 @@
 //! layer is where the product's guarantees live:
 //! - a per-handshake certificate resolver ([`tls::CertResolver`], an `ArcSwap`) so rotated
 //!   files apply to new handshakes without dropping connections;
-//! - HTTP/1.1 or h2 chosen by the negotiated ALPN (h2 offered only with `--http2`);
+//! - HTTP/1.1 only (ALPN `http/1.1`): kube-apiserver calls service webhooks over HTTP/1.1,
+//!   and h2 would need its own body, stream and deadline bounds;
 //! - separate header-read and idle deadlines (hyper's `header_read_timeout` would also cut
 //!   idle keep-alive connections after a few seconds; see [`conn`]);
 //! - a connection cap, `TCP_NODELAY`, a lingering close after refusing a body, and a drain
 //!   that finishes in-flight requests and closes keep-alive connections.
 //!
-//! Data flow: bytes in → [`conn`] → [`routes`] → `mutate` (HTTP hygiene) →
-//! `admission::review` (synchronous, microseconds) → bytes out. Nothing here knows the
+//! Data flow: bytes in → [`conn`] → [`routes`] → `mutate` (`body` reads within the bounds) →
+//! `admission::review` (on a blocking worker, within the in-flight bound) → bytes out. Nothing here knows the
 //! AdmissionReview format.
 //!
 //! The files (config, serving pair, client CA) are read and checked by [`prepare`], before
@@ -26,6 +27,7 @@
 //! current request and closes, and the process waits up to `--shutdown-grace-period` for
 //! them, then exits 0. A second signal exits at once with status 1.
 
+mod body;
 mod config_store;
 mod conn;
 mod files;
@@ -33,6 +35,7 @@ mod layers;
 mod mutate;
 mod ready;
 mod routes;
+mod state;
 mod tls;
 
 use std::future::Future;
@@ -47,17 +50,29 @@ use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
 use crate::admission::{ClusterView, Offline};
-use crate::args::{parse_bytes, parse_duration, parse_period, parse_targets};
+use crate::args::{
+    DELAY, PERIOD, TIMEOUT, parse_bytes, parse_delay, parse_period, parse_targets, parse_timeout,
+};
 use crate::engine::Targets;
 use crate::tasks::Tasks;
 use crate::telemetry::{LogFormat, Metrics};
 
+pub use body::MAX_BODY;
 pub use conn::MAX_HEAD;
-pub use mutate::MAX_BODY;
 pub use ready::ReadinessCheck;
+pub use tls::TlsMinVersion;
 
-/// Connections the admin port serves at once (probes and scrapes need few).
+/// Connections the admin port serves at once (probes and scrapes need few), and from one
+/// address. At the cap an idle connection, or one that has not sent its request yet, makes
+/// room for the newcomer ([`conn::Evict::IdleOrWaiting`]), so other clients cannot starve
+/// the kubelet's probes (`tests/serve/lifecycle.rs`, probes answer beside held connections).
 const ADMIN_MAX_CONNECTIONS: usize = 64;
+const ADMIN_MAX_CONNECTIONS_PER_PEER: usize = 16;
+/// Idle keep-alive time on the admin port: kubelet probes open a connection per probe, and a
+/// scraper that comes back after this reconnects.
+const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections of the private loopback listener that `/readyz`'s TLS self-check dials.
+const SELF_CHECK_CONNECTIONS: usize = 4;
 
 /// `serve`'s flags for the two ports, the files they serve from and their limits.
 #[derive(clap::Args, Debug, Clone)]
@@ -80,6 +95,10 @@ pub struct ServerArgs {
     /// re-read when it changes. The admin port stays plain HTTP.
     #[arg(long, env = "JRW_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
+    /// The oldest TLS version the webhook port accepts: `1.3`, or `1.2` for clients
+    /// without TLS 1.3.
+    #[arg(long, env = "JRW_TLS_MIN_VERSION", value_enum, default_value_t = TlsMinVersion::V1_3)]
+    pub tls_min_version: TlsMinVersion,
     /// The name the API server dials (the Service's `<service>.<namespace>.svc`). When given,
     /// `/readyz` fails while the serving certificate does not cover it (a rotation to a
     /// certificate for another name).
@@ -94,31 +113,43 @@ pub struct ServerArgs {
     /// Log line format.
     #[arg(long, env = "JRW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// After a shutdown signal, how long in-flight requests may take to finish.
-    #[arg(long, env = "JRW_SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = parse_duration)]
+    /// After a shutdown signal, how long in-flight requests may take to finish (0s to 10m).
+    #[arg(long, env = "JRW_SHUTDOWN_GRACE_PERIOD", default_value = "30s", value_parser = parse_delay)]
     pub shutdown_grace_period: Duration,
     /// After a shutdown signal, keep serving (with /readyz failing and every answer closing
-    /// its connection) this long before the listener closes, so that endpoints update first.
-    #[arg(long, env = "JRW_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    /// its connection) this long before the listener closes, so that endpoints update first
+    /// (0s to 10m).
+    #[arg(long, env = "JRW_DRAIN_DELAY", default_value = "0s", value_parser = parse_delay)]
     pub drain_delay: Duration,
-    /// Also offer HTTP/2 (ALPN h2). Off by default: the API server calls webhooks over
-    /// HTTP/1.1, and h2 brings the rapid-reset class of attacks.
-    #[arg(long, env = "JRW_HTTP2")]
-    pub http2: bool,
     /// How often --tls-cert, --tls-key, --client-ca and --config are checked for changes
-    /// (more than 0).
+    /// (100ms to 24h).
     #[arg(long, env = "JRW_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_period)]
     pub reload_interval: Duration,
-    /// Open connections on the webhook port; more are closed at once.
+    /// Open connections on the webhook port. At the cap the oldest idle keep-alive
+    /// connection is closed to make room; a newcomer is closed at once only when every open
+    /// connection is handling a request.
     #[arg(long, env = "JRW_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
+    /// Open connections on the webhook port from one IP address (at it, that address's
+    /// oldest idle connection makes room). Default: half of --max-connections, because every
+    /// API server call may come from one address (one API server, or a Konnectivity agent
+    /// carrying them all): half leaves it room for as many calls at once as the cap allows
+    /// anyone, and no other single address can take more than the other half.
+    #[arg(long, env = "JRW_MAX_CONNECTIONS_PER_PEER",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections_per_peer: Option<u32>,
+    /// Reviews in flight (waiting for a worker or running); more are answered 429 with
+    /// `Retry-After: 1` at once, which kube-apiserver retries (README "Hardening").
+    #[arg(long, env = "JRW_MAX_REVIEWS_IN_FLIGHT", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_reviews_in_flight: u32,
     /// Time a client has to send a request's head (from its first byte, or from the end of
-    /// the TLS handshake).
-    #[arg(long, env = "JRW_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    /// the TLS handshake); 100ms to 10m, as every timeout.
+    #[arg(long, env = "JRW_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_timeout)]
     pub header_read_timeout: Duration,
-    /// Time a request's body may take to arrive (answered 408 after it).
-    #[arg(long, env = "JRW_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// Time a request's body may take to arrive (answered 408 after it); 100ms to 10m.
+    #[arg(long, env = "JRW_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub body_read_timeout: Duration,
     /// Memory for request bodies, shared by all connections, beyond the first 64 KiB of each
     /// (e.g. `32Mi`; at least the 7 MiB body limit). A large body that needs more waits,
@@ -126,12 +157,12 @@ pub struct ServerArgs {
     /// times 64 KiB, well under the container's memory limit.
     #[arg(long, env = "JRW_MAX_BODY_MEMORY", default_value = "32Mi", value_parser = parse_bytes)]
     pub max_body_memory: usize,
-    /// Time a TLS handshake may take.
-    #[arg(long, env = "JRW_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// Time a TLS handshake may take (100ms to 10m).
+    #[arg(long, env = "JRW_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub tls_handshake_timeout: Duration,
     /// An idle keep-alive connection is closed after this long (longer than the API
-    /// server's 90 s, so the client closes first).
-    #[arg(long, env = "JRW_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    /// server's 90 s, so the client closes first); 100ms to 10m.
+    #[arg(long, env = "JRW_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_timeout)]
     pub idle_timeout: Duration,
 }
 
@@ -190,10 +221,24 @@ impl Prepared {
 
 /// Reads and checks everything in the arguments and their files, binding nothing.
 pub fn prepare(args: &ServerArgs) -> anyhow::Result<Prepared> {
-    // The CLI refuses a zero period already; this is for callers that build `ServerArgs`
-    // themselves.
-    if args.reload_interval.is_zero() {
-        bail!("--reload-interval must be more than 0 (e.g. 2s)");
+    // The CLI's parsers bound every duration already; this is for callers that build
+    // `ServerArgs` themselves.
+    for (flag, value, range) in [
+        ("--reload-interval", args.reload_interval, PERIOD),
+        ("--shutdown-grace-period", args.shutdown_grace_period, DELAY),
+        ("--drain-delay", args.drain_delay, DELAY),
+        (
+            "--tls-handshake-timeout",
+            args.tls_handshake_timeout,
+            TIMEOUT,
+        ),
+        ("--header-read-timeout", args.header_read_timeout, TIMEOUT),
+        ("--body-read-timeout", args.body_read_timeout, TIMEOUT),
+        ("--idle-timeout", args.idle_timeout, TIMEOUT),
+    ] {
+        if let Err(e) = range.check(value) {
+            bail!("{flag}: {e}");
+        }
     }
     let (store, config_snapshot) =
         config_store::ConfigStore::load(args.config.as_deref(), args.targets)?;
@@ -228,7 +273,8 @@ pub fn prepare(args: &ServerArgs) -> anyhow::Result<Prepared> {
     };
     let resolver = Arc::new(tls::CertResolver::new(&cert));
     let client_auth = tls::ClientAuth::load(args.client_ca.as_deref())?;
-    let tls_config = tls::server_config(resolver.clone(), args.http2, client_auth.as_ref())?;
+    let tls_config =
+        tls::server_config(resolver.clone(), args.tls_min_version, client_auth.as_ref())?;
     Ok(Prepared {
         store: Arc::new(store),
         config_snapshot,
@@ -291,9 +337,25 @@ pub async fn serve_prepared(
         .local_addr()
         .context("reading the admin port's address")?;
 
+    // The TLS self-check of `/readyz` dials its own loopback listener, served like the
+    // webhook port (same TLS config and certificate resolver, same routes) with its own few
+    // connections: the webhook port's cap cannot make the replica NotReady, and its
+    // handshakes (refused on purpose under --client-ca) are not counted as TLS errors.
+    let self_check_listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .await
+        .context("binding the /readyz self-check's loopback listener")?;
+    let self_check_addr = self_check_listener
+        .local_addr()
+        .context("reading the self-check listener's address")?;
+
     // 2. Serve.
+    let accepting = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let readiness = Arc::new(ready::Readiness::new(
-        tls::SelfCheck::new(tls_addr)?.expecting_client_auth(client_auth.is_some())?,
+        tls::SelfCheck::new(self_check_addr)?.expecting_client_auth(client_auth.is_some())?,
+        ready::Listening {
+            addr: tls_addr,
+            accepting: accepting.clone(),
+        },
         ready::CertCheck {
             resolver: resolver.clone(),
             server_name: args.tls_server_name.clone(),
@@ -301,13 +363,18 @@ pub async fn serve_prepared(
         store.clone(),
         options.readiness,
     ));
-    let app = Arc::new(routes::App {
+    let app = Arc::new(state::App {
         config: store.clone(),
         cluster: options.cluster,
         metrics: metrics.clone(),
         readiness: readiness.clone(),
-        body_timeout: args.body_read_timeout,
-        body_budget: Semaphore::new(args.max_body_memory.clamp(MAX_BODY, Semaphore::MAX_PERMITS)),
+        body: body::BodyLimits {
+            timeout: args.body_read_timeout,
+            budget: Arc::new(Semaphore::new(
+                args.max_body_memory.clamp(MAX_BODY, Semaphore::MAX_PERMITS),
+            )),
+        },
+        reviews: mutate::Reviews::new(args.max_reviews_in_flight as usize),
     });
     let limits = conn::Limits {
         header_read: args.header_read_timeout,
@@ -318,24 +385,58 @@ pub async fn serve_prepared(
     // `stop`: everything else (admin port, reloaders) ends.
     let (drain_tx, drain_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let webhook_connections = Arc::new(Semaphore::new(args.max_connections as usize));
+    let max = args.max_connections as usize;
+    let per_peer = args
+        .max_connections_per_peer
+        .map_or(max.div_ceil(2), |n| n as usize);
+    let webhook_connections = conn::Conns::new(max, per_peer, conn::Evict::Idle);
+    let tls_acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let webhook = conn::Listener {
         service: routes::webhook(&app),
         metrics: Some(metrics.clone()),
-        tls: Some(tokio_rustls::TlsAcceptor::from(tls_config)),
+        tls: Some(tls_acceptor.clone()),
         limits,
         connections: webhook_connections.clone(),
         shutdown: drain_rx.clone(),
+    };
+    let self_check = conn::Listener {
+        metrics: None,
+        connections: conn::Conns::new(
+            SELF_CHECK_CONNECTIONS,
+            SELF_CHECK_CONNECTIONS,
+            conn::Evict::IdleOrWaiting,
+        ),
+        shutdown: stop_rx.clone(),
+        ..webhook.clone()
     };
     let admin = conn::Listener {
         service: routes::admin(&app),
         metrics: None,
         tls: None,
-        limits,
-        connections: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
+        limits: conn::Limits {
+            idle: ADMIN_IDLE_TIMEOUT.min(args.idle_timeout),
+            ..limits
+        },
+        connections: conn::Conns::new(
+            ADMIN_MAX_CONNECTIONS,
+            ADMIN_MAX_CONNECTIONS_PER_PEER,
+            conn::Evict::IdleOrWaiting,
+        ),
         shutdown: stop_rx.clone(),
     };
-    let webhook_accept = tokio::spawn(conn::accept_loop(tls_listener, webhook, drain_rx));
+    let webhook_accept = {
+        let accepting = accepting.clone();
+        tokio::spawn(async move {
+            // Also when the loop panics: `/readyz` reports the port as not accepting.
+            let _flag = ClearOnDrop(accepting);
+            conn::accept_loop(tls_listener, webhook, drain_rx).await;
+        })
+    };
+    tokio::spawn(conn::accept_loop(
+        self_check_listener,
+        self_check,
+        stop_rx.clone(),
+    ));
     let admin_accept = tokio::spawn(conn::accept_loop(admin_listener, admin, stop_rx.clone()));
     // The reloaders end at shutdown (`stop`); before that, an end or a panic restarts them.
     let interval = args.reload_interval;
@@ -377,7 +478,6 @@ pub async fn serve_prepared(
         %admin_addr,
         %targets,
         config = %args.config.as_ref().map_or("-".to_owned(), |p| p.display().to_string()),
-        http2 = args.http2,
         client_ca = %args.client_ca.as_ref().map_or("-".to_owned(), |p| p.display().to_string()),
         cert_subject = %loaded.subject,
         cert_not_after = loaded.not_after,
@@ -394,22 +494,25 @@ pub async fn serve_prepared(
     let _ = drain_tx.send(true);
     let _ = webhook_accept.await;
     info!(grace_period = ?args.shutdown_grace_period, "webhook port closed; waiting for in-flight requests");
-    let all = args.max_connections;
-    match tokio::time::timeout(
-        args.shutdown_grace_period,
-        webhook_connections.acquire_many(all),
-    )
-    .await
-    {
-        Ok(_) => info!("all connections finished; exiting"),
+    match tokio::time::timeout(args.shutdown_grace_period, webhook_connections.all_closed()).await {
+        Ok(()) => info!("all connections finished; exiting"),
         Err(_) => {
-            let open = (all as usize).saturating_sub(webhook_connections.available_permits());
+            let open = webhook_connections.len();
             warn!(open, "grace period over; closing the remaining connections");
         }
     }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_accept).await;
     Ok(())
+}
+
+/// Sets the flag to `false` when dropped (a task's end, panics included).
+struct ClearOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[cfg(test)]

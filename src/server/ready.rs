@@ -1,6 +1,9 @@
-//! `/readyz`: ready when the TLS listener completes a real handshake, the certificate it
-//! serves is valid now (not expired, not before its start, matching its key, and covering
-//! `--tls-server-name` when given), the config is loaded, every extra check passes (the cluster module adds "caches synced" and capability facts)
+//! `/readyz`: ready when the webhook port's accept loop runs, a real TLS handshake with the
+//! same TLS configuration completes (on a private loopback listener, so the webhook port's
+//! connection cap cannot fail it: see `server::serve_prepared`), the certificate it serves is
+//! valid now (not expired, not before its start, matching its key, and covering
+//! `--tls-server-name` when given), the config is loaded, every extra check passes (the
+//! cluster module adds "caches synced" and capability facts)
 //! and the server is not draining. The body lists every check, Kubernetes `?verbose` style.
 
 use std::fmt::Write as _;
@@ -26,8 +29,15 @@ pub trait ReadinessCheck: Send + Sync {
     fn check(&self) -> Result<String, Box<dyn std::error::Error + Send + Sync>>;
 }
 
+/// The webhook port's accept loop: `accepting` turns `false` when it ends.
+pub(crate) struct Listening {
+    pub addr: std::net::SocketAddr,
+    pub accepting: Arc<AtomicBool>,
+}
+
 pub(crate) struct Readiness {
     draining: AtomicBool,
+    listening: Listening,
     tls: SelfCheck,
     cert: CertCheck,
     config: Arc<ConfigStore>,
@@ -37,12 +47,14 @@ pub(crate) struct Readiness {
 impl Readiness {
     pub(crate) fn new(
         tls: SelfCheck,
+        listening: Listening,
         cert: CertCheck,
         config: Arc<ConfigStore>,
         extra: Vec<Arc<dyn ReadinessCheck>>,
     ) -> Self {
         Self {
             draining: AtomicBool::new(false),
+            listening,
             tls,
             cert,
             config,
@@ -72,6 +84,16 @@ impl Readiness {
             line(false, "shutdown", "draining: the server is shutting down");
         } else {
             line(true, "shutdown", "serving");
+            let addr = self.listening.addr;
+            if self.listening.accepting.load(Ordering::SeqCst) {
+                line(true, "listener", &format!("accepting on {addr}"));
+            } else {
+                line(
+                    false,
+                    "listener",
+                    &format!("the accept loop of {addr} ended"),
+                );
+            }
             match self.tls.check().await {
                 Ok(detail) => line(true, "tls", &detail),
                 Err(e) => line(false, "tls", &e.to_string()),

@@ -1,45 +1,25 @@
 //! HTTP only: each port's routes as an axum [`Router`] (paths, methods, 404 and 405 with
 //! `Allow`), served by our own connection layer ([`super::conn`]), and the answers' shapes.
-//! The review itself is [`super::mutate`].
+//! The review itself is [`super::mutate`]; the state and the answers' helpers are
+//! [`super::state`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
+use axum::{Extension, Router};
 use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::{MethodRouter, get, post};
-use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_TYPE};
+use http::header::ALLOW;
 use http::{HeaderValue, StatusCode};
-use tokio::sync::Semaphore;
 use tracing::{debug, error};
 
-use super::config_store::ConfigStore;
 use super::layers::{CatchPanic, CloseWhileDraining};
 use super::mutate::mutate;
-use super::ready::Readiness;
-use crate::admission::ClusterView;
-use crate::telemetry::{CodeLabels, Metrics};
+pub(crate) use super::state::{App, text, with_type};
+use crate::admission::Via;
+use crate::telemetry::CodeLabels;
 
-const TEXT: &str = "text/plain; charset=utf-8";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Everything a request handler needs.
-pub(crate) struct App {
-    pub config: Arc<ConfigStore>,
-    pub cluster: Arc<dyn ClusterView>,
-    pub metrics: Arc<Metrics>,
-    pub readiness: Arc<Readiness>,
-    pub body_timeout: Duration,
-    /// Bytes of body buffers beyond [`super::mutate::FREE_BODY_BYTES`], shared by every
-    /// request: without it, clients that send 7 MiB bodies and withhold the last byte hold
-    /// 7 MiB each until the body timeout, and a few dozen exceed a pod's memory limit. A body
-    /// that needs more waits (within the body timeout) for others to finish. At least
-    /// [`MAX_BODY`](super::MAX_BODY) permits.
-    pub body_budget: Semaphore,
-}
 
 /// The webhook port (TLS): `/mutate`, `/healthz`, `/readyz`. While draining, every answer
 /// closes its connection, so clients reconnect to a replica that stays (kube-apiserver keeps
@@ -52,6 +32,14 @@ pub(crate) type AdminService = CatchPanic<Router>;
 pub(crate) fn webhook(app: &Arc<App>) -> WebhookService {
     let router = Router::new()
         .route("/mutate", post(mutate).fallback(not_allowed_post))
+        // The namespace-default registration's own path: the same handler, told that the API
+        // server's namespaceSelector established the namespace's opt-in (`admission::Via`).
+        .route(
+            "/mutate/namespace-default",
+            post(mutate)
+                .fallback(not_allowed_post)
+                .layer(Extension(Via::NamespaceDefault)),
+        )
         .route("/healthz", health(get(healthz)))
         .route("/readyz", health(get(readyz)))
         .fallback(not_found)
@@ -135,18 +123,6 @@ fn not_allowed(app: &App, allow: &'static str) -> Response {
     );
     r.headers_mut()
         .insert(ALLOW, HeaderValue::from_static(allow));
-    r
-}
-
-pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response {
-    with_type(status, TEXT, body.into())
-}
-
-pub(crate) fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Response {
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 

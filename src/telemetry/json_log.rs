@@ -1,6 +1,7 @@
 //! The `--log-format json` line format: the same lines as tracing-subscriber's
 //! `.json().flatten_event(true)` with spans off (`timestamp`, `level`, then the event's
-//! fields in order), written straight into the line buffer.
+//! fields in order), plus the spans the event is in (`"spans":{"conn":{"peer":..}}`),
+//! written straight into the line buffer.
 //!
 //! Why not tracing-subscriber's own formatter: it serializes through serde with an
 //! `io::Write` adapter that re-checks UTF-8 on every chunk, and one line per review cost
@@ -11,9 +12,11 @@ use std::fmt::{self, Write as _};
 use std::time::SystemTime;
 
 use tracing::field::{Field, Visit};
+use tracing::span::Record;
 use tracing::{Event, Subscriber};
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
 /// One JSON object per event, one event per line.
@@ -26,7 +29,7 @@ where
 {
     fn format_event(
         &self,
-        _ctx: &FmtContext<'_, S, N>,
+        ctx: &FmtContext<'_, S, N>,
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
@@ -35,6 +38,27 @@ where
         writer.write_str("\",\"level\":\"")?;
         writer.write_str(event.metadata().level().as_str())?;
         writer.write_char('"')?;
+        // The spans the event is in, outermost first, as `"spans":{"conn":{"peer":..},
+        // "review":{"uid":..}}` (their fields as `JsonFields` wrote them): what ties a
+        // connection's lines and a review's lines together.
+        if let Some(scope) = ctx.event_scope() {
+            let mut first = true;
+            for span in scope.from_root() {
+                writer.write_str(if first { ",\"spans\":{" } else { "," })?;
+                first = false;
+                write_str_escaped(&mut writer, span.name())?;
+                writer.write_str(":{")?;
+                let ext = span.extensions();
+                let fields = ext
+                    .get::<FormattedFields<N>>()
+                    .map_or("", |f| f.fields.as_str());
+                writer.write_str(fields.strip_prefix(',').unwrap_or(fields))?;
+                writer.write_char('}')?;
+            }
+            if !first {
+                writer.write_char('}')?;
+            }
+        }
         let mut fields = Fields {
             out: &mut writer,
             state: Ok(()),
@@ -42,6 +66,34 @@ where
         event.record(&mut fields);
         fields.state?;
         writer.write_str("}\n")
+    }
+}
+
+/// A span's fields as the JSON members `,"name":value` (each with its leading comma), kept by
+/// tracing-subscriber with the span and written into its lines by [`JsonLines`].
+pub struct JsonFields;
+
+impl<'writer> FormatFields<'writer> for JsonFields {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut visitor = Fields {
+            out: &mut writer,
+            state: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.state
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut FormattedFields<Self>,
+        fields: &Record<'_>,
+    ) -> fmt::Result {
+        // Appended as they are: each member carries its comma (the default adds a space).
+        self.format_fields(current.as_writer(), fields)
     }
 }
 
@@ -247,6 +299,43 @@ mod tests {
         let (ours, theirs) = (ours.lines(), theirs.lines());
         assert_eq!(ours.len(), 4, "{ours:#?}");
         assert_eq!(ours, theirs);
+    }
+
+    /// A line inside spans names them and their fields, recorded late ones included, so
+    /// a connection's and a review's lines can be found together.
+    #[test]
+    fn lines_carry_their_spans() {
+        let out = Buf::default();
+        let sub = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(out.clone())
+            .fmt_fields(JsonFields)
+            .event_format(JsonLines)
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            let conn = tracing::info_span!("conn", peer = %"10.0.0.7:5123");
+            let _c = conn.enter();
+            info!("outside a review");
+            let review = tracing::info_span!("review", uid = tracing::field::Empty);
+            let _r = review.enter();
+            review.record("uid", "a\"b");
+            info!(kind = "JobSet", "review");
+        });
+        let lines = out.lines();
+        let v: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            v[0]["spans"],
+            serde_json::json!({"conn": {"peer": "10.0.0.7:5123"}})
+        );
+        assert_eq!(
+            v[1]["spans"],
+            serde_json::json!({"conn": {"peer": "10.0.0.7:5123"}, "review": {"uid": "a\"b"}})
+        );
+        assert_eq!(v[1]["kind"], "JobSet");
+        assert_eq!(v[1]["message"], "review");
     }
 
     #[test]

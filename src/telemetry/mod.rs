@@ -47,7 +47,10 @@ pub fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_target(false);
     let _ = match format {
-        LogFormat::Json => builder.event_format(json_log::JsonLines).try_init(),
+        LogFormat::Json => builder
+            .fmt_fields(json_log::JsonFields)
+            .event_format(json_log::JsonLines)
+            .try_init(),
         LogFormat::Text => builder
             .with_ansi(std::io::stderr().is_terminal())
             .try_init(),
@@ -126,6 +129,11 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
     /// `handshake`, `header` (request head not received in time), `idle` or `body`.
     pub phase: &'static str,
@@ -153,7 +161,9 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub connections_open: Gauge,
     pub connections_rejected: Counter,
+    pub connections_evicted: Counter,
     pub tls_handshake_errors: Counter,
+    pub reviews_shed: Family<ReasonLabels, Counter>,
     pub timeouts: Family<PhaseLabels, Counter>,
     pub cert_reloads: Family<ResultLabels, Counter>,
     pub cert_not_after: Gauge,
@@ -188,7 +198,9 @@ impl Metrics {
             in_flight: Gauge::default(),
             connections_open: Gauge::default(),
             connections_rejected: Counter::default(),
+            connections_evicted: Counter::default(),
             tls_handshake_errors: Counter::default(),
+            reviews_shed: Family::default(),
             timeouts: Family::default(),
             cert_reloads: Family::default(),
             cert_not_after: Gauge::default(),
@@ -198,6 +210,9 @@ impl Metrics {
             registry: Registry::default(),
         };
         // Series that alerts look for exist from the start, at zero.
+        for reason in ["in_flight_limit", "queue_timeout"] {
+            let _ = m.reviews_shed.get_or_create(&ReasonLabels { reason });
+        }
         for result in ["success", "error"] {
             let _ = m.cert_reloads.get_or_create(&ResultLabels { result });
             let _ = m.config_reloads.get_or_create(&ResultLabels { result });
@@ -244,8 +259,22 @@ impl Metrics {
         );
         registry.register(
             "connections_rejected",
-            "Connections closed at once because --max-connections were open",
+            "New connections closed at once: --max-connections (or --max-connections-per-peer \
+             from their address) were open and none of them was idle",
             m.connections_rejected.clone(),
+        );
+        registry.register(
+            "connections_evicted",
+            "Idle connections closed to make room for a new one at --max-connections or \
+             --max-connections-per-peer",
+            m.connections_evicted.clone(),
+        );
+        registry.register(
+            "reviews_shed",
+            "/mutate requests answered 429 with Retry-After before review, by reason \
+             (in_flight_limit: --max-reviews-in-flight were in flight; queue_timeout: no worker \
+             was free within the API server's timeout)",
+            m.reviews_shed.clone(),
         );
         registry.register(
             "tls_handshake_errors",
@@ -336,7 +365,8 @@ impl Metrics {
                 code,
             })
             .inc();
-        if code < 500 {
+        // 429 is load shedding (counted in `reviews_shed`), not a bad request.
+        if code < 500 && code != 429 {
             self.bad_requests.get_or_create(&CodeLabels { code }).inc();
         }
         self.request_duration.observe(seconds);

@@ -10,7 +10,7 @@
 //! - [`engine_inputs`]: the engine bench's JobSets (also profiled by an example);
 //!   [`engine_support`]: what the engine's golden and property tests compare.
 //! - [`util`]: polling, free ports, a plain-HTTP GET, YAML loading; [`stats`]: medians and
-//!   the load average for bench reports.
+//!   the load average for bench reports; [`plot`]: the restart bench's rows as CSV and SVG.
 
 pub mod admission_reviews;
 pub mod cluster;
@@ -18,6 +18,7 @@ pub mod engine_inputs;
 pub mod engine_support;
 pub mod hardening;
 pub mod node;
+pub mod plot;
 pub mod stats;
 pub mod util;
 pub mod webhook;

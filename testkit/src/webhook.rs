@@ -20,6 +20,8 @@ use crate::util::{at, http_get, load_yaml, repo_root, wait_for};
 pub const SHIPPED_CONFIGURATION: &str = "manifests/base/mutatingwebhookconfiguration.yaml";
 /// Its name (the tests check the file says so).
 pub const SHIPPED_NAME: &str = "00-jobset-restart-webhook";
+/// The JSON patch that appends the pod webhook (registered only with the pod target).
+pub const POD_WEBHOOK_PATCH: &str = "manifests/components/pod-target/pod-webhook.yaml";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the API server may take to start calling a newly registered webhook.
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,6 +54,41 @@ pub struct Webhook {
     pub admin: SocketAddr,
     /// Base64 PEM of the CA that signed the serving certificate (from `certs`' stdout).
     pub ca_bundle: String,
+    /// `serve` runs with the pod target: [`Webhook::configuration`] registers the pod
+    /// webhook too, as the shipped pod-target component does.
+    pub pod_target: bool,
+}
+
+/// Whether `opts` turn the pod target on (`--targets`, else the config file's `targets`).
+fn pod_target(opts: &WebhookOptions) -> bool {
+    if let Some(t) = &opts.targets {
+        return t.split(',').any(|t| t.trim() == "pods");
+    }
+    let Some(config) = &opts.config else {
+        return false;
+    };
+    let docs = load_yaml(config);
+    let targets = docs.first().map(|d| &d["targets"]);
+    match targets {
+        Some(Value::String(s)) => s.split(',').any(|t| t.trim() == "pods"),
+        Some(Value::Array(a)) => a.iter().any(|t| t == "pods"),
+        _ => false,
+    }
+}
+
+/// The pod webhook as the pod-target component appends it.
+pub fn shipped_pod_webhook() -> Value {
+    let path = repo_root().join(POD_WEBHOOK_PATCH);
+    let docs = load_yaml(&path);
+    let ops = docs
+        .first()
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("{POD_WEBHOOK_PATCH} holds a JSON patch"));
+    let op = ops
+        .iter()
+        .find(|o| o["path"] == "/webhooks/-")
+        .unwrap_or_else(|| panic!("{POD_WEBHOOK_PATCH} appends no webhook"));
+    op["value"].clone()
 }
 
 impl Webhook {
@@ -146,10 +183,13 @@ impl Webhook {
             addr,
             admin,
             ca_bundle,
+            pod_target: pod_target(&opts),
         }
     }
 
-    /// The shipped configuration with loopback `url` client configs, optionally renamed.
+    /// The shipped configuration with loopback `url` client configs, optionally renamed; with
+    /// the pod webhook when `serve` runs with the pod target (as the shipped pod-target
+    /// component registers it).
     pub fn configuration(&self, name: Option<&str>) -> Value {
         let path = repo_root().join(SHIPPED_CONFIGURATION);
         let mut docs = load_yaml(&path);
@@ -160,20 +200,43 @@ impl Webhook {
         if let Some(name) = name {
             config["metadata"]["name"] = json!(name);
         }
+        if self.pod_target {
+            config["webhooks"]
+                .as_array_mut()
+                .expect("the configuration has webhooks")
+                .push(shipped_pod_webhook());
+        }
+        self.point_at_me(&mut config);
+        config
+    }
+
+    /// Rewrites every webhook's `clientConfig` of the configuration `config` to this
+    /// webhook's loopback `url` (keeping each service path) and CA.
+    pub fn point_at_me(&self, config: &mut Value) {
+        self.point_at(config, self.addr);
+    }
+
+    /// [`Webhook::point_at_me`], but to `addr` (e.g. a closed port: a webhook that is down).
+    pub fn point_at(&self, config: &mut Value, addr: SocketAddr) {
         let webhooks = config["webhooks"]
             .as_array_mut()
             .expect("the configuration has webhooks");
         for w in webhooks {
-            let path = at(&w["clientConfig"], "/service/path")
-                .as_str()
-                .unwrap_or_else(|| panic!("webhook {} has no service path", w["name"]))
-                .to_owned();
+            let path = match at(&w["clientConfig"], "/service/path").as_str() {
+                Some(p) => p.to_owned(),
+                None => {
+                    let url = w["clientConfig"]["url"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("webhook {} has no path", w["name"]));
+                    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+                    rest.find('/').map_or("/", |i| &rest[i..]).to_owned()
+                }
+            };
             w["clientConfig"] = json!({
-                "url": format!("https://{}{path}", self.addr),
+                "url": format!("https://{addr}{path}"),
                 "caBundle": self.ca_bundle,
             });
         }
-        config
     }
 
     /// [`Webhook::start`], then [`Webhook::register`] of the shipped configuration as is,

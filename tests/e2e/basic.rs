@@ -116,8 +116,10 @@ fn opted_in_jobset_is_stored_with_rules_and_its_jobs_and_pods_carry_them() {
 /// exactly one of the two JobSet webhooks (two calls: the first and the reinvocation after
 /// JobSet's defaulting; both webhooks matching would make four).
 ///
-/// This checks the routing of the shipped configuration. What `serve` then does with an
-/// unannotated JobSet depends on whether it can read namespace labels from the cluster.
+/// The webhook's own path carries the API server's decision, so the JobSet gets its rules
+/// without waiting for the webhook's namespace cache: right after the namespace is created
+/// with the label, and right after `kubectl label` of an existing namespace. (That no cache
+/// is read at all: tests/e2e/outage.rs, whose namespace-label variant runs `--no-cluster`.)
 #[test]
 fn labelled_namespace_routes_every_jobset_to_the_namespace_default_webhook() {
     let _t =
@@ -125,10 +127,39 @@ fn labelled_namespace_routes_every_jobset_to_the_namespace_default_webhook() {
     let s = shared();
     let c = &s.cluster;
     let ns = c.namespace("ns-default", &[("restart.jobset.dev/in-place", "enabled")]);
+    let applied = "/metadata/annotations/restart.jobset.dev~1applied";
 
     create_ok(c, &ns, &training_jobset("unannotated", &[]));
     let calls = s.webhook.reviews(&ns, "unannotated");
     assert_eq!(calls.len(), 2, "{calls:#?}");
+    let stored = c.jobset(&ns, "unannotated");
+    assert_eq!(
+        at(&stored, applied),
+        "workers/trainer=RestartAllContainers:NotIn(0)",
+        "{stored:#}"
+    );
+
+    // Labelled after it was created (and cached without the label): the very next create.
+    for round in 0..3 {
+        let later = c.namespace("ns-labelled-later", &[]);
+        c.kubectl_ok(
+            &[
+                "label",
+                "namespace",
+                &later,
+                "restart.jobset.dev/in-place=enabled",
+            ],
+            None,
+        );
+        let name = format!("right-after-label-{round}");
+        create_ok(c, &later, &training_jobset(&name, &[]));
+        let stored = c.jobset(&later, &name);
+        assert_eq!(
+            at(&stored, applied),
+            "workers/trainer=RestartAllContainers:NotIn(0)",
+            "created right after `kubectl label`: {stored:#}"
+        );
+    }
 
     create_ok(
         c,

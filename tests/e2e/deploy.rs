@@ -182,6 +182,8 @@ fn base_and_overlays_apply_to_the_api_server_with_server_side_dry_run() {
         "RoleBinding/jobset-restart-webhook-probe",
         "Service/jobset-restart-webhook",
         "ServiceAccount/jobset-restart-webhook",
+        "ValidatingAdmissionPolicy/jobset-restart-webhook-probe-dry-run-only",
+        "ValidatingAdmissionPolicyBinding/jobset-restart-webhook-probe-dry-run-only",
     ];
     let cert_manager_objects = [
         "Certificate/jobset-restart-webhook-ca",
@@ -195,7 +197,7 @@ fn base_and_overlays_apply_to_the_api_server_with_server_side_dry_run() {
         "ValidatingAdmissionPolicy/jobset-restart-annotations",
         "ValidatingAdmissionPolicyBinding/jobset-restart-annotations",
     ];
-    let cases: [(&str, Vec<&str>); 5] = [
+    let cases: [(&str, Vec<&str>); 6] = [
         ("base", base_objects.to_vec()),
         (
             "overlays/cert-manager",
@@ -211,6 +213,10 @@ fn base_and_overlays_apply_to_the_api_server_with_server_side_dry_run() {
         ),
         (
             "overlays/cluster-default-enabled",
+            [&base_objects[..], &cert_manager_objects[..]].concat(),
+        ),
+        (
+            "overlays/pod-target",
             [&base_objects[..], &cert_manager_objects[..]].concat(),
         ),
         // The alternative to all of the above (what it does: tests/e2e/differential/).
@@ -233,7 +239,9 @@ fn base_and_overlays_apply_to_the_api_server_with_server_side_dry_run() {
             .find(|d| d["kind"] == "MutatingWebhookConfiguration")
             .expect("webhook configuration");
         match dir {
-            "overlays/cert-manager" | "overlays/cluster-default-enabled" => assert_eq!(
+            "overlays/cert-manager"
+            | "overlays/cluster-default-enabled"
+            | "overlays/pod-target" => assert_eq!(
                 webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
                 "jobset-restart-webhook/jobset-restart-webhook-ca",
                 "{dir}: cainjector annotation"
@@ -256,6 +264,17 @@ fn base_and_overlays_apply_to_the_api_server_with_server_side_dry_run() {
             has_condition,
             dir != "overlays/cluster-default-enabled",
             "{dir}: matchConditions of the JobSet webhook"
+        );
+        let names: Vec<&str> = webhook["webhooks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w["name"].as_str())
+            .collect();
+        assert_eq!(
+            names.contains(&"pods.restart.jobset.dev"),
+            dir == "overlays/pod-target",
+            "{dir}: the pod webhook only with the pod target: {names:?}"
         );
     }
 }

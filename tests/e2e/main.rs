@@ -30,10 +30,12 @@ mod differential;
 mod gates;
 mod helm;
 mod manifests;
+mod monitoring;
 mod node_restart;
 mod nodes;
 mod old_crd;
 mod ordering;
+mod outage;
 mod writers;
 
 use std::panic::AssertUnwindSafe;

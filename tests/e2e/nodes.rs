@@ -25,7 +25,13 @@ const CATCH_UP: Duration = Duration::from_secs(30);
 /// Creates Node `name` with the label `pool=<pool>` (cordoned when `unschedulable`) and
 /// sets its `status.declaredFeatures` (with `RestartAllContainersOnContainerExits` when
 /// `declares`) through the status subresource. Returns when the status write returned.
-fn add_node(c: &Cluster, name: &str, pool: &str, declares: bool, unschedulable: bool) -> Instant {
+pub(crate) fn add_node(
+    c: &Cluster,
+    name: &str,
+    pool: &str,
+    declares: bool,
+    unschedulable: bool,
+) -> Instant {
     let node = json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": name, "labels": {"pool": pool, "kubernetes.io/hostname": name}},

@@ -304,3 +304,140 @@ async fn withheld_large_bodies_stay_within_the_body_budget() {
     })
     .await;
 }
+
+/// Eight reviews of ~4.5 MiB each (an UPDATE carries two objects of up to the API server's
+/// 3 MiB) sent at once with their Content-Length over a slow link (4.1 MB, a pause, the
+/// rest), in the default 32 MiB body budget: each takes its share of the budget all at
+/// once, so they are all served. When each body bought
+/// the budget step by step as its buffer doubled, all eight held ~4 MiB at the 4 MiB step,
+/// none could take the next step, and all eight got 408 after the 10 s body timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_sent_at_once_are_all_served() {
+    bounded(60, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let certs = Certs::new(tmp.path());
+        let w = certs.serve(&[]);
+        const N: usize = 8;
+        let pad = "x".repeat(2_300_000);
+        let mut tasks = Vec::new();
+        for i in 0..N {
+            let js = jobset(&[("example.com/padding", &pad)]);
+            let mut r = review(&format!("large-{i}"), "UPDATE", &js);
+            r["request"]["oldObject"] = js;
+            let body = serde_json::to_vec(&r).unwrap();
+            assert!(
+                body.len() > 4_500_000 && body.len() < 7 << 20,
+                "{}",
+                body.len()
+            );
+            let ca = certs.ca.clone();
+            let addr = w.tls;
+            tasks.push(tokio::spawn(async move {
+                let mut s = try_tls(addr, &ca).await.unwrap();
+                let start = Instant::now();
+                // The first 4.1 MB, a pause (a slow link: every body then fills its 4 MiB
+                // buffer), the rest.
+                let bytes = post_bytes(&body);
+                let _ = s.write_all(&bytes[..4_100_000]).await;
+                let _ = s.flush().await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let reply = exchange(&mut s, &bytes[4_100_000..]).await;
+                (reply.status(), start.elapsed())
+            }));
+        }
+        let mut statuses = Vec::new();
+        for t in tasks {
+            statuses.push(t.await.unwrap());
+        }
+        println!("{N} x 4.6 MB bodies at once: {statuses:?}");
+        // All served. (Stuck bodies wait for the 10 s body timeout, and only a 408 frees the
+        // budget for the others: measured before, one 408 and seven 200s after 10 s.)
+        let refused: Vec<_> = statuses.iter().filter(|(s, _)| *s != Some(200)).collect();
+        assert!(
+            refused.is_empty(),
+            "{} of {N} large bodies sent at once were not served: {statuses:?}",
+            refused.len()
+        );
+    })
+    .await;
+}
+
+/// Other clients cannot starve the probes: with 80 idle keep-alive connections held on each
+/// port (past the admin port's cap of 64 and a webhook cap of 64) and 80 more that never send
+/// a byte on the admin port, the admin port's /healthz and /readyz answer 200 (the TLS
+/// self-check included) and the webhook port serves a new client. Idle connections make
+/// room at a cap instead of newcomers being refused, and one address holds at most its
+/// per-peer share. Before, the admin port reset newcomers past 64 and the self-check found
+/// no free slot on the webhook port, so every replica turned NotReady and liveness failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_while_other_clients_hold_both_ports() {
+    bounded(90, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let certs = Certs::new(tmp.path());
+        let w = certs.serve(&["--max-connections", "64"]);
+        const HELD: usize = 80;
+        let get =
+            |path: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes();
+        let mut held_tls = Vec::new();
+        let mut held_admin = Vec::new();
+        for _ in 0..HELD {
+            if let Ok(mut s) = try_tls(w.tls, &certs.ca).await {
+                let _ = exchange(&mut s, &get("/healthz")).await;
+                held_tls.push(s);
+            }
+            if let Ok(mut s) = TcpStream::connect(w.admin).await {
+                if exchange(&mut s, &get("/healthz")).await.status().is_some() {
+                    held_admin.push(s);
+                }
+            }
+        }
+        let mut silent = Vec::new();
+        for _ in 0..HELD {
+            if let Ok(s) = TcpStream::connect(w.admin).await {
+                silent.push(s);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let mut failed = Vec::new();
+        for round in 0..3 {
+            for path in ["/healthz", "/readyz"] {
+                let answer = match TcpStream::connect(w.admin).await {
+                    Ok(mut s) => exchange(&mut s, &get(path)).await,
+                    Err(e) => panic!("connect to the admin port: {e}"),
+                };
+                if answer.status() != Some(200) {
+                    failed.push(format!("round {round}: admin {path}: {answer:?}"));
+                }
+            }
+            let review = post_bytes(&opted_in_review(&format!("beside-held-{round}")));
+            let answer = match try_tls(w.tls, &certs.ca).await {
+                Ok(mut s) => exchange(&mut s, &review).await,
+                Err(e) => Reply::Http(0, e),
+            };
+            if answer.status() != Some(200) {
+                failed.push(format!("round {round}: review: {answer:?}"));
+            }
+        }
+        println!(
+            "held {} TLS, {} admin idle, {} admin silent; failures: {failed:?}",
+            held_tls.len(),
+            held_admin.len(),
+            silent.len()
+        );
+        assert!(
+            failed.is_empty(),
+            "{} of 9 probes and reviews failed: {failed:?}",
+            failed.len()
+        );
+        let m = w.metrics().await;
+        let open = metric(&m, "jobset_restart_webhook_connections_open");
+        // One address (all of this test's clients) holds at most half of the cap.
+        assert!(open <= 33.0, "{open} connections open from one address");
+        assert!(
+            metric(&m, "jobset_restart_webhook_connections_evicted_total") >= 1.0,
+            "{m}"
+        );
+    })
+    .await;
+}

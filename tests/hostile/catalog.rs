@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use jobset_restart_webhook::engine::applied::{MAX_APPLIED_BYTES, MAX_CHANGED_CONTAINERS};
+use jobset_restart_webhook::engine::applied::{
+    MAX_APPLIED_BYTES, MAX_CHANGED_CONTAINERS, MAX_CONTAINERS,
+};
+use jobset_restart_webhook::engine::too_many_containers;
 use serde_json::{Value, json};
 use testkit::admission_reviews::*;
 use testkit::hardening::*;
@@ -419,33 +422,39 @@ async fn smuggling(w: &Webhook, certs: &Certs, statuses: &mut Statuses) {
     ));
 }
 
-/// 20k containers: more than one review may change, refused with a short answer
-/// (it was a 10 MB patch and an 887 KiB `applied` annotation, over the API server's
-/// 256 KiB for all annotations).
+/// As many containers as a review reads ([`MAX_CONTAINERS`]), more than it may change:
+/// refused with a short answer (20k were a 10 MB patch and an 887 KiB `applied` annotation,
+/// over the API server's 256 KiB for all annotations); 20k are refused by the bound on the
+/// containers read, before any is read.
 async fn wide_review(w: &Webhook, certs: &Certs, statuses: &mut Statuses) {
-    let rv = jobset_with_containers("wide", wide_containers("c", 20_000));
-    let bytes = body_of(&rv);
-    let reply = send(w, certs, &post_bytes(&bytes)).await;
-    let a = answer(&reply, "20k containers");
-    assert_eq!(response(&a, "wide")["status"]["code"], 422, "{a}");
-    assert_eq!(
-        response(&a, "wide")["status"]["message"],
-        too_many(20_000),
-        "{a}"
-    );
-    let answer_len = if let Reply::Http(_, b) = &reply {
-        b.len()
-    } else {
-        0
-    };
-    assert!(answer_len < 2048, "{answer_len}");
-    statuses.push((
-        "20k containers",
-        format!(
-            "200, denied 422, request {} KiB, answer {answer_len} bytes",
-            bytes.len() / 1024
-        ),
-    ));
+    for (n, want) in [
+        (MAX_CONTAINERS, too_many(MAX_CONTAINERS)),
+        (20_000, too_many_containers(20_000)),
+    ] {
+        let rv = jobset_with_containers("wide", wide_containers("c", n));
+        let bytes = body_of(&rv);
+        let reply = send(w, certs, &post_bytes(&bytes)).await;
+        let a = answer(&reply, "wide");
+        assert_eq!(response(&a, "wide")["status"]["code"], 422, "{a}");
+        assert_eq!(response(&a, "wide")["status"]["message"], want, "{a}");
+        let answer_len = if let Reply::Http(_, b) = &reply {
+            b.len()
+        } else {
+            0
+        };
+        assert!(answer_len < 2048, "{answer_len}");
+        statuses.push((
+            if n == 20_000 {
+                "20k containers"
+            } else {
+                "4,096 containers"
+            },
+            format!(
+                "200, denied 422, request {} KiB, answer {answer_len} bytes",
+                bytes.len() / 1024
+            ),
+        ));
+    }
 }
 
 /// As many as one review may change, with long names: patched, and the `applied`

@@ -134,7 +134,8 @@ async fn hostile_input_catalog() {
 
 /// The JobSet that made a 48 MB answer and ~100 MiB of peak memory per review: 90k
 /// containers in 2.7 MB (under the API server's 3 MiB request limit). Four at once, each on
-/// its own connection: every one is refused (422) with a short answer, and the server's peak
+/// its own connection: every one is refused (422, by the bound on the containers a review
+/// reads) with a short answer, and the server's peak
 /// memory stays far from the Deployment's 128 MiB limit (it was 370 MiB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wide_jobsets_are_refused_with_a_bounded_answer() {
@@ -168,7 +169,11 @@ async fn wide_jobsets_are_refused_with_a_bounded_answer() {
             let r = response(&a, "wide-90k");
             assert_eq!(r["allowed"], false, "{a}");
             assert_eq!(r["status"]["code"], 422, "{a}");
-            assert_eq!(r["status"]["message"], too_many(90_000), "{a}");
+            assert_eq!(
+                r["status"]["message"],
+                jobset_restart_webhook::engine::too_many_containers(90_000),
+                "{a}"
+            );
             assert!(r.get("patch").is_none(), "{a}");
             let Reply::Http(_, body) = &reply else {
                 unreachable!()
@@ -306,7 +311,15 @@ async fn stalled_heads_hold_bounded_memory() {
     bounded(180, async {
         let tmp = tempfile::tempdir().unwrap();
         let certs = Certs::new(tmp.path());
-        let w = certs.serve(&["--header-read-timeout", "60s", "--max-connections", "256"]);
+        // All from one address here: the per-peer cap (half by default) is lifted to the cap.
+        let w = certs.serve(&[
+            "--header-read-timeout",
+            "60s",
+            "--max-connections",
+            "256",
+            "--max-connections-per-peer",
+            "256",
+        ]);
         let idle = mem(w.pid());
 
         let over = padded_head(390_000, None);
@@ -363,6 +376,210 @@ async fn stalled_heads_hold_bounded_memory() {
         // On the last connection the cap allows.
         still_serves(&w, &certs, "beside").await;
         drop((answered, held));
+    })
+    .await;
+}
+
+/// User + system CPU time of process `pid` in seconds, from /proc/<pid>/stat (10 ms ticks).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> f64 {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .expect("utime/stime in /proc/<pid>/stat")
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// `n` distinct names `{prefix}{i}`, comma-separated.
+fn name_list(prefix: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| format!("{prefix}{i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A JobSet of `n` replicated jobs `r{i}`; `pod(i)` is replicated job `i`'s pod spec.
+fn jobset_of(annotations: Value, n: usize, pod: impl Fn(usize) -> Value) -> Value {
+    let mut js = jobset(&[]);
+    js["metadata"]["annotations"] = annotations;
+    js["spec"]["replicatedJobs"] = (0..n)
+        .map(|i| {
+            json!({ "name": format!("r{i}"), "replicas": 1,
+                    "template": { "spec": { "template": { "spec": pod(i) } } } })
+        })
+        .collect();
+    js
+}
+
+/// Every shape that cost seconds of CPU or hundreds of MB in one review before the bounds
+/// (README: Opting in, "Bounds"), one after the other against one server at the API server's
+/// own limits (bodies up to 3 MiB; an UPDATE carries two objects): each answered at once
+/// with its bound's denial (or, within the bounds, allowed with folded warnings), at most
+/// 1 s of the server's CPU per review (read from /proc, not timed), and the server's peak
+/// memory within idle + 32 MiB for all of them. Replicated jobs with distinct node selectors
+/// against 5,000 nodes are measured in-process (tests/engine_limits.rs): this server has no
+/// cluster, so no nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_review_is_bounded() {
+    const MAX_GROWTH_MIB: u64 = 32;
+    const MAX_CPU_SECS: f64 = 1.0;
+    const API_SERVER_BODY: usize = 3 << 20;
+    bounded(240, async {
+        let tmp = tempfile::tempdir().unwrap();
+        let certs = Certs::new(tmp.path());
+        let w = certs.serve(&[]);
+        still_serves(&w, &certs, "warm-up").await;
+        let idle = mem(w.pid());
+        let main = |_: usize| json!({ "containers": [{ "name": "main", "image": "x" }] });
+        let enabled = |k: &str, v: &str| json!({ IN_PLACE: "enabled", k: v });
+        const CONTAINERS: &str = "restart.jobset.dev/containers";
+
+        // (name, review, expected denial ending; `None`: allowed).
+        let mut cases: Vec<(String, Value, Option<String>)> = Vec::new();
+        // The ~65 KB JobSet that peaked at 205 MB: 400 replicated jobs and a list of 2,000
+        // names found nowhere plus one found everywhere.
+        let list = format!("{},main", name_list("n", 2000));
+        cases.push((
+            "400 replicated jobs x 2,001 names".into(),
+            review(
+                "w65k",
+                "CREATE",
+                &jobset_of(enabled(CONTAINERS, &list), 400, main),
+            ),
+            Some(format!("this one has {} bytes", list.len())),
+        ));
+        // The lists that took 10.8 s and 17.9 s of CPU to de-duplicate.
+        for n in [60_000, 110_000] {
+            let list = name_list("c", n);
+            let mut js = jobset_of(json!({ IN_PLACE: "enabled" }), 1, main);
+            js["spec"]["replicatedJobs"][0]["template"]["metadata"] =
+                json!({ "annotations": { CONTAINERS: list } });
+            cases.push((
+                format!("{n} distinct names"),
+                review("names", "CREATE", &js),
+                Some(format!("this one has {} bytes", list.len())),
+            ));
+        }
+        // A list as large as the API server's body limit allows, on CREATE and on an UPDATE
+        // that carries it twice (object and oldObject, the settings changed).
+        let fill = |budget: usize| {
+            let mut n = budget / 8;
+            loop {
+                let l = name_list("x", n);
+                if l.len() <= budget {
+                    return l;
+                }
+                n -= n / 50;
+            }
+        };
+        let big = fill(API_SERVER_BODY - 4096);
+        cases.push((
+            "CREATE, a 3 MiB list".into(),
+            review(
+                "create3m",
+                "CREATE",
+                &jobset_of(enabled(CONTAINERS, &big), 1, main),
+            ),
+            Some(format!("this one has {} bytes", big.len())),
+        ));
+        let half = fill(API_SERVER_BODY / 2 - 4096);
+        let mut update = review(
+            "update3m",
+            "UPDATE",
+            &jobset_of(enabled(CONTAINERS, &half), 1, main),
+        );
+        update["request"]["oldObject"]["metadata"]["annotations"][CONTAINERS] =
+            json!(format!("{half},y"));
+        cases.push((
+            "UPDATE, two 1.5 MiB lists".into(),
+            update,
+            Some(format!("this one has {} bytes", half.len())),
+        ));
+        // 10,000 replicated jobs with distinct nodeSelectors: the bound on replicated jobs.
+        cases.push((
+            "10,000 replicated jobs, distinct nodeSelectors".into(),
+            review(
+                "selectors",
+                "CREATE",
+                &jobset_of(json!({ IN_PLACE: "enabled" }), 10_000, |i| {
+                    json!({ "nodeSelector": { "pool": format!("p{i}") },
+                            "containers": [{ "name": "main", "image": "x" }] })
+                }),
+            ),
+            Some(jobset_restart_webhook::engine::too_many_replicated_jobs(
+                10_000,
+            )),
+        ));
+        // Within the bounds, the most warnings a list makes: 256 replicated jobs, each with
+        // one of the 64 names of the list; 63 x 256 missing names, folded while written.
+        let list = name_list("c", 64);
+        cases.push((
+            "256 replicated jobs x 63 missing names".into(),
+            review(
+                "warnings",
+                "CREATE",
+                &jobset_of(
+                    enabled(CONTAINERS, &list),
+                    256,
+                    |i| json!({ "containers": [{ "name": format!("c{}", i % 64), "image": "x" }] }),
+                ),
+            ),
+            None,
+        ));
+
+        let mut worst = (String::new(), 0.0f64);
+        for (name, rv, want) in &cases {
+            let body = body_of(rv);
+            assert!(
+                body.len() <= API_SERVER_BODY,
+                "{name}: {} bytes",
+                body.len()
+            );
+            let before = cpu_secs(w.pid());
+            let reply = send(&w, &certs, &post_bytes(&body)).await;
+            let secs = cpu_secs(w.pid()) - before;
+            let now = mem(w.pid());
+            println!(
+                "{name}: body {} KiB, {secs:.2} s CPU, {now} (idle {idle}): {}",
+                body.len() / 1024,
+                short(&reply)
+            );
+            let a = answer(&reply, name);
+            let r = &a["response"];
+            match want {
+                Some(end) => {
+                    assert_eq!(r["allowed"], false, "{name}: {a:.300}");
+                    assert_eq!(r["status"]["code"], 422, "{name}: {a:.300}");
+                    let msg = r["status"]["message"].as_str().unwrap_or_default();
+                    assert!(msg.ends_with(end.as_str()), "{name}: {msg:.300}");
+                }
+                None => {
+                    assert_eq!(r["allowed"], true, "{name}: {a:.300}");
+                    let warnings = r["warnings"].as_array().cloned().unwrap_or_default();
+                    assert_eq!(warnings.len(), 16, "{name}: {warnings:?}");
+                    // 63 x 256 missing names and the default action's (no cluster).
+                    assert_eq!(warnings[15], "... and 16114 more warnings", "{name}");
+                }
+            }
+            assert!(secs <= MAX_CPU_SECS, "{name}: {secs:.2} s of CPU");
+            if secs >= worst.1 {
+                worst = (name.clone(), secs);
+            }
+        }
+        let after = mem(w.pid());
+        println!(
+            "worst review: {} ({:.2} s CPU); peak memory {after}, idle {idle}",
+            worst.0, worst.1
+        );
+        assert!(
+            after.hwm_kib <= idle.hwm_kib + MAX_GROWTH_MIB * 1024,
+            "peak memory {after} (idle {idle})"
+        );
+        still_serves(&w, &certs, "after").await;
     })
     .await;
 }

@@ -118,9 +118,16 @@ async fn reviews_over_tls() {
         let out = apply_patch(r, &js);
         let ctr = container(&out);
         assert_eq!(ctr["restartPolicy"], "Never");
+        // Without a cluster the API server's capability is unknown: Restart, with a warning.
         assert_eq!(
             ctr["restartPolicyRules"],
-            json!([{ "action": "RestartAllContainers", "exitCodes": { "operator": "NotIn", "values": [0] } }])
+            json!([{ "action": "Restart", "exitCodes": { "operator": "NotIn", "values": [0] } }])
+        );
+        assert!(
+            r["warnings"][0]
+                .as_str()
+                .is_some_and(|w| w.starts_with("the action defaults to Restart: ")),
+            "{r}"
         );
         assert_eq!(
             out["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["restartPolicy"],
@@ -128,7 +135,7 @@ async fn reviews_over_tls() {
         );
         assert_eq!(
             out["metadata"]["annotations"][APPLIED],
-            "workers/trainer=RestartAllContainers:NotIn(0)"
+            "workers/trainer=Restart:NotIn(0)"
         );
         assert_eq!(container(&out)["image"], container(&js)["image"]);
 
@@ -197,6 +204,10 @@ async fn reviews_over_tls() {
         assert_eq!(first["outcome"], "patched");
         assert_eq!(first["patch_ops"], 4);
         assert!(first["micros"].as_u64().is_some(), "{first}");
+        // Spans tie the line to its review and its connection.
+        assert_eq!(first["spans"]["review"]["uid"], "uid-create", "{first}");
+        let peer = first["spans"]["conn"]["peer"].as_str().unwrap_or_default();
+        assert!(peer.starts_with("127.0.0.1:"), "{first}");
     })
     .await;
 }
@@ -331,6 +342,9 @@ async fn slow_handshakes_slow_bodies_and_extra_connections_are_cut_off() {
             "1s",
             "--max-connections",
             "3",
+            // This test's clients all come from one address.
+            "--max-connections-per-peer",
+            "3",
         ]);
         let closes_within = |mut s: tokio::net::TcpStream, min: Duration, max: Duration| async move {
             let start = Instant::now();
@@ -358,7 +372,8 @@ async fn slow_handshakes_slow_bodies_and_extra_connections_are_cut_off() {
         assert!(start.elapsed() < Duration::from_secs(4), "{:?}", start.elapsed());
         drop(s);
 
-        // --max-connections 3: a fourth connection is closed at once.
+        // --max-connections 3, none idle (each waits for its head): a fourth connection is
+        // closed at once.
         eventually(Duration::from_secs(5), "earlier connections to close", || async {
             (w.metric("jobset_restart_webhook_connections_open").await == 0.0).then_some(())
         })
@@ -387,8 +402,11 @@ async fn slow_handshakes_slow_bodies_and_extra_connections_are_cut_off() {
     .await;
 }
 
+/// HTTP/1.1 only: a client offering h2 first gets `http/1.1`, and `--http2` is gone (h2
+/// escaped the body budget and the head deadline, and kube-apiserver calls service
+/// webhooks over HTTP/1.1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alpn_offers_http1_only_unless_http2_is_on() {
+async fn alpn_offers_http1_only_and_there_is_no_http2_flag() {
     bounded(60, async {
         let tmp = tempfile::tempdir().unwrap();
         let certs = Certs::new(tmp.path());
@@ -396,14 +414,71 @@ async fn alpn_offers_http1_only_unless_http2_is_on() {
         let w = Webhook::start(&args);
         let s = raw_tls(w.tls, &certs.ca, &[b"h2", b"http/1.1"]).await;
         assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-        drop(w);
-
-        let w = Webhook::start(&[&args[..], &["--http2"]].concat());
-        let s = raw_tls(w.tls, &certs.ca, &[b"h2", b"http/1.1"]).await;
-        assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let mut s = raw_tls(w.tls, &certs.ca, &[b"http/1.1"]).await;
+        let mut s = raw_tls(w.tls, &certs.ca, &[b"h2", b"http/1.1"]).await;
         let body = serde_json::to_vec(&review("h1", "CREATE", &jobset(&[]))).unwrap();
         assert_eq!(raw_post(&mut s, &body).await.status, 200);
+        drop(w);
+
+        let mut child = Command::new(BIN)
+            .args(["serve", "--no-cluster", "--listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0", "--http2"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("--http2"),
+            "serve must refuse --http2: {err}"
+        );
+    })
+    .await;
+}
+
+/// TLS 1.3 only by default (`--tls-min-version 1.3`): a client limited to TLS 1.2 is refused
+/// in the handshake; `--tls-min-version 1.2` lets it in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_2_only_with_tls_min_version() {
+    bounded(60, async {
+        use rustls::pki_types::pem::PemObject as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let certs = Certs::new(tmp.path());
+        let tls12 = |addr: std::net::SocketAddr, ca: Vec<u8>| async move {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let cfg = rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS12])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect(
+                    rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                    tcp,
+                )
+                .await
+                .map(|_| ())
+        };
+        let args = ["--tls-cert", &certs.cert(), "--tls-key", &certs.key()];
+        let w = Webhook::start(&args);
+        let refused = tls12(w.tls, certs.ca.clone()).await;
+        assert!(refused.is_err(), "a TLS 1.2 client was served by default");
+        drop(w);
+        let w = Webhook::start(&[&args[..], &["--tls-min-version", "1.2"]].concat());
+        tls12(w.tls, certs.ca.clone())
+            .await
+            .expect("TLS 1.2 with --tls-min-version 1.2");
     })
     .await;
 }

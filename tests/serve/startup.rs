@@ -126,7 +126,7 @@ fn zero_reload_interval_is_a_startup_error() {
         );
         assert!(!ok, "{zero}: {err}");
         assert!(
-            err.contains("--reload-interval") && err.contains("more than 0"),
+            err.contains("--reload-interval") && err.contains("100ms to 24h"),
             "{zero}: {err}"
         );
         assert!(!err.contains("panic"), "{zero}: {err}");
@@ -147,7 +147,88 @@ fn zero_capability_interval_is_a_startup_error() {
     ]);
     assert!(!ok, "{err}");
     assert!(
-        err.contains("--capability-interval") && err.contains("more than 0"),
+        err.contains("--capability-interval") && err.contains("100ms to 24h"),
         "{err}"
+    );
+}
+
+/// Runs `serve` with `args` for at most `within`: `Ok(stderr)` when it exited with an error,
+/// `Err(stderr)` when it succeeded or was still running (killed).
+fn refused(args: &[&str], within: Duration) -> Result<String, String> {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + within;
+    let mut running = false;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            running = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if running || out.status.success() {
+        Err(err)
+    } else {
+        Ok(err)
+    }
+}
+
+/// Every timeout flag refuses 0 (which would mean "expired at once", not Go's "no
+/// timeout"), values under 100 ms or over 10 minutes, and values past the clock's range
+/// (which panicked on `Instant + Duration` in each connection), naming the flag, the value
+/// and the allowed range; the two shutdown waits allow 0 but not more than 10 minutes.
+#[test]
+fn duration_flags_are_bounded_at_start() {
+    let base = [
+        "serve",
+        "--no-cluster",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let mut cases = Vec::new();
+    for flag in [
+        "--tls-handshake-timeout",
+        "--header-read-timeout",
+        "--body-read-timeout",
+        "--idle-timeout",
+    ] {
+        for value in ["0s", "50ms", "11m", "9999999999999999999s"] {
+            cases.push((flag, value, "100ms to 10m"));
+        }
+    }
+    for flag in ["--drain-delay", "--shutdown-grace-period"] {
+        cases.push((flag, "11m", "0s to 10m"));
+    }
+    let mut accepted = Vec::new();
+    for (flag, value, range) in &cases {
+        match refused(
+            &[&base[..], &[flag, value]].concat(),
+            Duration::from_secs(3),
+        ) {
+            Ok(err) => {
+                assert!(
+                    err.contains(flag) && err.contains(value) && err.contains(range),
+                    "{flag} {value}: {err}"
+                );
+                assert!(!err.contains("panic"), "{flag} {value}: {err}");
+            }
+            Err(_) => accepted.push(format!("{flag} {value}")),
+        }
+    }
+    assert!(
+        accepted.is_empty(),
+        "{} of {} out-of-range values were accepted: {accepted:?}",
+        accepted.len(),
+        cases.len()
     );
 }

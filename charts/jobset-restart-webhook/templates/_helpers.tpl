@@ -33,6 +33,22 @@ app.kubernetes.io/name: jobset-restart-webhook
 {{- if has (toString (get $defaults "inPlace") | lower) (list "enabled" "true") -}}true{{- end -}}
 {{- end -}}
 
+{{/* config.targets as a list (the config accepts a list or "jobsets,pods"). */}}
+{{- define "jrw.targets" -}}
+{{- $t := .Values.config.targets | default (list "jobsets") -}}
+{{- if kindIs "string" $t -}}
+{{- $t = splitList "," $t -}}
+{{- end -}}
+{{- $out := list -}}
+{{- range $t }}{{ $out = append $out (trim (toString .)) }}{{ end -}}
+{{- join "," $out -}}
+{{- end -}}
+
+{{/* Whether the pod target is on: the pod webhook and the JobSet watch's RBAC exist only then. */}}
+{{- define "jrw.podTarget" -}}
+{{- if has "pods" (splitList "," (include "jrw.targets" .)) -}}true{{- end -}}
+{{- end -}}
+
 {{/* Refuses value combinations the schema cannot express, with what to do instead. */}}
 {{- define "jrw.validate" -}}
 {{- if and .Values.certManager.enabled .Values.tls.caBundle -}}
@@ -72,14 +88,15 @@ namespaceSelector:
   {{- end }}
 {{- end -}}
 
+{{/* A webhook's clientConfig; called with (dict "root" $ "path" PATH). */}}
 {{- define "jrw.clientConfig" -}}
 clientConfig:
   service:
     name: jobset-restart-webhook
-    namespace: {{ .Release.Namespace }}
-    path: /mutate
+    namespace: {{ .root.Release.Namespace }}
+    path: {{ .path }}
     port: 443
-  {{- with .Values.tls.caBundle }}
+  {{- with .root.Values.tls.caBundle }}
   caBundle: {{ . }}
   {{- end }}
 {{- end -}}

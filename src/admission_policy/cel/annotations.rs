@@ -3,9 +3,10 @@
 
 use super::{Constants, Variable, bind, first_or_empty, lit, quote, var};
 use crate::engine::annotations::{
-    ACTION, APPLIED, CONTAINERS, EXCEPT_EXIT_CODES, IN_PLACE, MAX_EXIT_CODE_VALUES, ON_EXIT_CODES,
-    PREFIX, PRESET, REPLICATED_JOBS,
+    ACTION, APPLIED, CONTAINERS, EXCEPT_EXIT_CODES, IN_PLACE, MAX_EXIT_CODE_VALUES, MAX_LIST_BYTES,
+    MAX_LIST_NAMES, ON_EXIT_CODES, PREFIX, PRESET, REPLICATED_JOBS,
 };
+use crate::engine::applied::{MAX_CONTAINERS, MAX_REPLICATED_JOBS};
 
 const EXIT_CODES_ALLOWED: &str = "exit codes (0-255) or ranges a-b, separated by commas";
 const NOT_A_CODE: &str = " is not an exit code (0-255) or range a-b";
@@ -113,9 +114,14 @@ fn exit_codes_problem(e: &str) -> String {
     )
 }
 
-/// `parse_names`' problem with the comma list `e` of `what` names, or `''`.
+/// `parse_names`' problem with the comma list `e` of `what` names, or `''`: the bounds on
+/// bytes and names first, so that a list over them is never split name by name.
 fn names_problem(e: &str, what: &str) -> String {
-    first_or_empty(&format!(
+    let bounds = lit(&format!(
+        "a list of {what} names may have at most {MAX_LIST_BYTES} bytes and {MAX_LIST_NAMES} \
+         names; this one has "
+    ));
+    let names = first_or_empty(&format!(
         "{}.map(n, n == '' ? {} \
          : (size(n) <= 63 && n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')) ? '' \
          : {} + {}).filter(p, p != '')",
@@ -128,7 +134,12 @@ fn names_problem(e: &str, what: &str) -> String {
             " is not a valid {what} name (lowercase letters, digits and '-', starting and \
              ending with a letter or digit, at most 63 characters)"
         )),
-    ))
+    ));
+    format!(
+        "size(bytes({e})) > {MAX_LIST_BYTES} ? {bounds} + string(size(bytes({e}))) + ' bytes' \
+         : size({e}.split(',')) > {MAX_LIST_NAMES} ? {bounds} + string(size({e}.split(','))) + ' names' \
+         : {names}"
+    )
 }
 
 /// `annotations::parse`'s problem with key `k` and value `v`, without the key and value in
@@ -194,9 +205,19 @@ fn map_problems(m: &str, scope: &str, replicated_job: bool) -> String {
     format!("({per_key}) + ({conflict})")
 }
 
+/// A number no denial contains, to find where a count goes in the webhook's text.
+const SENTINEL: usize = 987_654_321;
+
+/// The webhook's `text` (made with [`SENTINEL`] for its count) as a CEL string expression
+/// with the CEL string expression `count` in its place.
+fn with_count(text: &str, count: &str) -> String {
+    let (before, after) = text.split_once(&SENTINEL.to_string()).unwrap_or((text, ""));
+    format!("{} + {count} + {}", lit(before), lit(after))
+}
+
 /// The object's annotations, per replicated job its name, annotations, preset and whether it
 /// is considered at all, and the list of problems (`mutate_jobset`'s denials, in its order).
-pub(super) fn variables(c: &Constants) -> Vec<Variable> {
+pub(super) fn variables(c: &Constants) -> (Vec<Variable>, Variable) {
     let rjob_scope = format!(
         "'replicated job ' + {} + ': '",
         quote("variables.rjNames[i]")
@@ -231,7 +252,61 @@ pub(super) fn variables(c: &Constants) -> Vec<Variable> {
         qp = quote("variables.presetNames[i]"),
         msg = lit(&format!(": {}", c.no_such_preset)),
     );
-    vec![
+    // `check_bounds`: the (MAX+1)-th replicated job that gets in-place restart, unless a
+    // considered replicated job with an unknown preset comes first (the webhook refuses that
+    // one); else the containers of all that get it.
+    let first_bad_preset = "lists.range(size(variables.rjobs)).filter(i, variables.considered[i] && \
+         variables.presetNames[i] != '' && !(variables.presetNames[i] in variables.presets))\
+         [?0].orValue(size(variables.rjobs))";
+    let pod_containers = "[variables.rjobs[i]].map(rj, has(rj.template) && has(rj.template.spec) && \
+         has(rj.template.spec.template) && has(rj.template.spec.template.spec) ? \
+         (has(rj.template.spec.template.spec.containers) ? size(rj.template.spec.template.spec.containers) : 0) + \
+         (has(rj.template.spec.template.spec.initContainers) ? size(rj.template.spec.template.spec.initContainers) : 0) \
+         : 0)[0]";
+    let bounds = bind(
+        "lists.range(size(variables.rjobs)).filter(i, variables.enabled[i])",
+        "en",
+        &bind(
+            first_bad_preset,
+            "bad",
+            &format!(
+                "(size(en) > {MAX_REPLICATED_JOBS} ? en[{MAX_REPLICATED_JOBS}] : size(variables.rjobs)) < bad \
+                 ? [{rjobs_msg}] \
+                 : bad < size(variables.rjobs) ? ({preset}) \
+                 : [en.map(i, {pod_containers}).sum()].map(n, n > {MAX_CONTAINERS} ? [{containers_msg}] : [])[0]",
+                rjobs_msg = with_count(
+                    &crate::engine::too_many_replicated_jobs(SENTINEL),
+                    "string(size(variables.rjobs))"
+                ),
+                containers_msg =
+                    with_count(&crate::engine::too_many_containers(SENTINEL), "string(n)"),
+            ),
+        ),
+    );
+    let problems = {
+        // `mutate_jobset`'s denials in its order; only the first one is ever sent, so each
+        // step is worked out only when the ones before it found nothing (a list over its
+        // bounds is then never split).
+        var(
+            "problems",
+            bind(
+                &js,
+                "p1",
+                &format!(
+                    "size(p1) > 0 ? p1 : {}",
+                    bind(
+                        &rj,
+                        "p2",
+                        &format!(
+                            "size(p2) > 0 ? p2 : {}",
+                            bind(&missing, "p3", &format!("size(p3) > 0 ? p3 : {bounds}"))
+                        )
+                    )
+                ),
+            ),
+        )
+    };
+    let vars = vec![
         var(
             "anns",
             "has(object.metadata.annotations) ? object.metadata.annotations : {}".to_owned(),
@@ -270,9 +345,26 @@ pub(super) fn variables(c: &Constants) -> Vec<Variable> {
                 p = lit(PRESET)
             ),
         ),
-        var(
-            "problems",
-            format!("({js}) + ({rj}) + ({missing}) + ({preset})"),
-        ),
-    ]
+    ];
+    (vars, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_count_goes_where_the_webhook_writes_it() {
+        let text = crate::engine::too_many_replicated_jobs(SENTINEL);
+        let cel = with_count(&text, "string(n)");
+        let want = crate::engine::too_many_replicated_jobs(400);
+        let (before, after) = want.split_once("400").unwrap_or_default();
+        assert_eq!(cel, format!("{} + string(n) + {}", lit(before), lit(after)));
+        let text = crate::engine::too_many_containers(SENTINEL);
+        assert!(
+            with_count(&text, "c").contains("' + c + '"),
+            "{}",
+            with_count(&text, "c")
+        );
+    }
 }

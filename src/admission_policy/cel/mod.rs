@@ -100,7 +100,15 @@ pub struct Constants {
 /// JobSet over the webhook's limit (the mutating policy leaves those unchanged, and cannot
 /// deny). The API server evaluates a variable only when an expression uses it.
 pub fn variables(c: &Constants) -> Vec<Variable> {
-    let mut vars = annotations::variables(c);
-    vars.extend(rules::variables(c));
+    let (mut vars, problems) = annotations::variables(c);
+    // The problems read `enabled` (the bounds count the replicated jobs that get the rule),
+    // and a variable may only use those before it: they go right before the denials.
+    let mut rules = rules::variables(c);
+    let at = rules
+        .iter()
+        .position(|v| v.name == "denials")
+        .unwrap_or(rules.len());
+    rules.insert(at, problems);
+    vars.extend(rules);
     vars
 }

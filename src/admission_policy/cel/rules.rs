@@ -244,10 +244,11 @@ pub(super) fn variables(c: &Constants) -> Vec<Variable> {
             "recordCut",
             "variables.record.split(', ').exists(e, e.startsWith('... and '))".to_owned(),
         ),
-        // Every denial, in `mutate_jobset`'s order.
+        // Every denial, in `mutate_jobset`'s order: only the first is sent, so the typos are
+        // worked out only when nothing comes before them.
         var(
             "denials",
-            "variables.problems + variables.typos".to_owned(),
+            "size(variables.problems) > 0 ? variables.problems : variables.typos".to_owned(),
         ),
     ]
 }

@@ -1,7 +1,7 @@
 use serde_json::{Value, json};
 
 use super::*;
-use crate::engine::applied::MAX_APPLIED_BYTES;
+use crate::engine::applied::{MAX_APPLIED_BYTES, MAX_REPLICATED_JOBS};
 use crate::engine::config::Config;
 use crate::engine::testing::{assert_idempotent, containers, enabled, env, jobset, mutate};
 
@@ -205,30 +205,131 @@ fn a_jobset_over_the_cap_is_refused_with_the_count() {
 
 #[test]
 fn sidecars_count_towards_the_cap() {
-    let mut js = jobset(
-        json!({ annotations::IN_PLACE: "enabled", annotations::CONTAINERS: "c0,s0,s1" }),
-        vec![("a", containers("c", MAX_CHANGED_CONTAINERS))],
-    );
-    let sidecars: Vec<Value> = (0..2)
-        .map(|i| json!({ "name": format!("s{i}"), "restartPolicy": "Always" }))
-        .collect();
-    js["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["initContainers"] =
-        json!(sidecars);
-    assert!(mutate(&js).is_ok_and(|m| m.patch.len() == 2 + 2 + 2));
-    // Every regular container and both sidecars: 1026.
-    let names: Vec<String> = (0..MAX_CHANGED_CONTAINERS)
+    // 17 replicated jobs of 61 containers and 2 sidecars, all named by one list of 63.
+    let names: Vec<String> = (0..61)
         .map(|i| format!("c{i}"))
         .chain(["s0".to_owned(), "s1".to_owned()])
         .collect();
+    let sidecars: Vec<Value> = (0..2)
+        .map(|i| json!({ "name": format!("s{i}"), "restartPolicy": "Always" }))
+        .collect();
+    let rjobs: Vec<String> = (0..17).map(|i| format!("r{i}")).collect();
+    let mut js = jobset(
+        json!({ annotations::IN_PLACE: "enabled", annotations::CONTAINERS: "c0,s0,s1" }),
+        rjobs
+            .iter()
+            .map(|r| (r.as_str(), containers("c", 61)))
+            .collect(),
+    );
+    for i in 0..17 {
+        js["spec"]["replicatedJobs"][i]["template"]["spec"]["template"]["spec"]["initContainers"] =
+            json!(sidecars);
+    }
+    // c0 and both sidecars in each: 51, and each pod template's restartPolicy.
+    assert!(mutate(&js).is_ok_and(|m| m.patch.len() == 17 * (2 + 1 + 1) + 17 + 1));
+    // Every regular container and both sidecars: 17 x 63 = 1071.
     js["metadata"]["annotations"][annotations::CONTAINERS] = json!(names.join(","));
     let d = mutate(&js).err();
     assert!(
         d.as_ref().is_some_and(|d| d.reason == DenialReason::Invalid
             && d.message.starts_with(
-                "in-place restart would change 1026 containers of this JobSet, more than \
+                "in-place restart would change 1071 containers of this JobSet, more than \
                  the 1024 "
             )),
         "{d:?}"
+    );
+}
+
+/// `n` replicated jobs `r0`, `r1`, ... of one container each.
+fn many_rjobs(ann: Value, n: usize) -> Value {
+    let names: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
+    jobset(
+        ann,
+        names
+            .iter()
+            .map(|r| (r.as_str(), containers("c", 1)))
+            .collect(),
+    )
+}
+
+#[test]
+fn replicated_jobs_over_the_bound_are_refused_before_any_is_planned() {
+    let at = mutate(&many_rjobs(enabled(), MAX_REPLICATED_JOBS));
+    assert!(at.is_ok_and(|m| m.patch.len() == 3 * MAX_REPLICATED_JOBS + 1));
+    let d = mutate(&many_rjobs(enabled(), 400)).err();
+    assert_eq!(
+        d,
+        Some(Denial {
+            reason: DenialReason::Invalid,
+            message: "in-place restart would apply to more than 256 of this JobSet's 400 \
+                      replicated jobs, more than the webhook reviews in one JobSet; select the \
+                      replicated jobs that need it with restart.jobset.dev/replicated-jobs \
+                      (replicated job names) or their own restart.jobset.dev/in-place"
+                .to_owned()
+        })
+    );
+    assert_eq!(d.map(|d| d.message), Some(too_many_replicated_jobs(400)));
+    // Only the replicated jobs that get in-place restart count: a JobSet of 400 where 10 opt
+    // in is reviewed.
+    let mut js = many_rjobs(json!({}), 400);
+    for i in 0..10 {
+        js["spec"]["replicatedJobs"][i]["template"]["metadata"] =
+            json!({ "annotations": { annotations::IN_PLACE: "enabled" } });
+    }
+    assert!(mutate(&js).is_ok_and(|m| m.patch.len() == 3 * 10 + 1));
+    assert!(mutate(&many_rjobs(json!({}), 10_000)).is_ok_and(|m| m.patch.is_empty()));
+}
+
+#[test]
+fn containers_over_the_bound_are_refused_before_any_is_read() {
+    let d = mutate(&jobset(
+        enabled(),
+        vec![("a", containers("c", 4000)), ("b", containers("d", 97))],
+    ))
+    .err();
+    assert_eq!(
+        d,
+        Some(Denial {
+            reason: DenialReason::Invalid,
+            message: "in-place restart would apply to replicated jobs with 4097 containers and \
+                      init containers in all, more than the 4096 the webhook reads in one \
+                      JobSet; select the replicated jobs that need it with \
+                      restart.jobset.dev/replicated-jobs (replicated job names)"
+                .to_owned()
+        })
+    );
+    // At the bound the usual limit answers; unselected replicated jobs do not count.
+    let d = mutate(&jobset(
+        enabled(),
+        vec![("a", containers("c", 4000)), ("b", containers("d", 96))],
+    ))
+    .err();
+    assert!(d.is_some_and(|d| d.message.starts_with("in-place restart would change 4096 ")));
+    let mut ann = enabled();
+    ann[annotations::REPLICATED_JOBS] = json!("b");
+    let m = mutate(&jobset(
+        ann,
+        vec![("a", containers("c", 90_000)), ("b", containers("d", 1))],
+    ));
+    assert!(m.is_ok_and(|m| m.patch.len() == 2 + 1 + 1));
+}
+
+#[test]
+fn the_first_unknown_preset_is_reported_before_the_bounds() {
+    let mut js = many_rjobs(enabled(), 300);
+    js["spec"]["replicatedJobs"][3]["template"]["metadata"] =
+        json!({ "annotations": { annotations::PRESET: "nope" } });
+    assert!(
+        mutate(&js)
+            .err()
+            .is_some_and(|d| d.message.contains("no such preset")),
+    );
+    js["spec"]["replicatedJobs"][3]["template"]["metadata"] = json!({});
+    js["spec"]["replicatedJobs"][299]["template"]["metadata"] =
+        json!({ "annotations": { annotations::PRESET: "nope" } });
+    assert_eq!(
+        mutate(&js).err().map(|d| d.message),
+        Some(too_many_replicated_jobs(300))
     );
 }
 

@@ -22,6 +22,7 @@ fn a_pod_is_judged_by_the_nodes_its_node_selector_picks() {
     let env = Environment {
         config: &config,
         namespace_labels: None,
+        namespace_opted_in: false,
         facts: ClusterFacts {
             restart_all_containers: Some(true),
             nodes: Some(Arc::new(Nodes::new(vec![

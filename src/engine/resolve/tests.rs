@@ -9,14 +9,21 @@ fn config(yaml: &str) -> Config {
     Config::from_yaml(yaml, "test").unwrap()
 }
 
+/// A decision borrows the container list of its inputs: these are kept for the test's life.
+fn kept<T: Clone>(v: &T) -> &'static T {
+    Box::leak(Box::new(v.clone()))
+}
+
 fn run(
     js: &Annotations,
     rj: Option<&Annotations>,
     ns: Option<InPlace>,
     cfg: &Config,
     facts: ClusterFacts,
-) -> (Result<Decision, AnnotationError>, Vec<String>) {
-    let mut w = Vec::new();
+) -> (Result<Decision<'static>, AnnotationError>, Vec<String>) {
+    let (js, rj, cfg) = (kept(js), rj.map(kept), kept(cfg));
+    let mut w = Warnings::default();
+    let memo = Memo::default();
     let inputs = Inputs {
         jobset: js,
         replicated_job: rj.map(|a| ("workers", a)),
@@ -24,11 +31,13 @@ fn run(
         config: cfg,
         facts: &facts,
         node_selector: &[],
+        memo: &memo,
     };
-    (resolve(&inputs, &mut w), w)
+    let d = resolve(&inputs, &mut w);
+    (d, w.finish())
 }
 
-fn enabled(d: Result<Decision, AnnotationError>) -> Resolved {
+fn enabled(d: Result<Decision<'_>, AnnotationError>) -> Resolved<'_> {
     match d {
         Ok(Decision::Enabled(r)) => r,
         other => panic!("expected enabled, got {other:?}"),
@@ -52,19 +61,50 @@ fn default_is_disabled() {
 
 #[test]
 fn jobset_opt_in_uses_builtin_defaults() {
-    let r = enabled(
-        run(
-            &ann(&[EN]),
-            None,
-            None,
-            &Config::default(),
-            ClusterFacts::default(),
-        )
-        .0,
-    );
+    let yes_rac = ClusterFacts {
+        restart_all_containers: Some(true),
+        ..Default::default()
+    };
+    let (d, w) = run(&ann(&[EN]), None, None, &Config::default(), yes_rac);
+    let r = enabled(d);
     assert_eq!(r.action, Action::RestartAllContainers);
     assert_eq!(r.exit_codes, ExitCodes::any_failure());
     assert_eq!(r.containers, None);
+    assert!(w.is_empty(), "{w:?}");
+}
+
+/// No cluster, or a probe that has not answered: nothing says the API server accepts
+/// RestartAllContainers (1.35 has it off by default), so the default is Restart, with a
+/// warning that says why; an action asked for explicitly (annotation or config) is kept.
+#[test]
+fn an_unknown_capability_defaults_to_restart_with_a_warning() {
+    let cfg = Config::default();
+    let (d, w) = run(&ann(&[EN]), None, None, &cfg, ClusterFacts::default());
+    assert_eq!(enabled(d).action, Action::Restart);
+    assert_eq!(w, [UNKNOWN_CAPABILITY]);
+    assert!(
+        UNKNOWN_CAPABILITY.starts_with(
+            "the action defaults to Restart: whether this cluster's API server accepts \
+             RestartAllContainers is not known"
+        ),
+        "{UNKNOWN_CAPABILITY}"
+    );
+    // Known nodes do not tell what the API server accepts.
+    let nodes_only = ClusterFacts {
+        restart_all_containers: None,
+        ..node_facts(&[("a", true)])
+    };
+    let (d, w) = on_nodes(&[EN], &cfg, &nodes_only, &[]);
+    assert_eq!(enabled(d).action, Action::Restart);
+    assert_eq!(w, [UNKNOWN_CAPABILITY]);
+    let rac = ann(&[EN, ("restart.jobset.dev/action", "RestartAllContainers")]);
+    let (d, w) = run(&rac, None, None, &cfg, ClusterFacts::default());
+    assert_eq!(enabled(d).action, Action::RestartAllContainers);
+    assert!(w.is_empty(), "{w:?}");
+    let cfg_rac = config("defaults: {action: RestartAllContainers}");
+    let (d, w) = run(&ann(&[EN]), None, None, &cfg_rac, ClusterFacts::default());
+    assert_eq!(enabled(d).action, Action::RestartAllContainers);
+    assert!(w.is_empty(), "{w:?}");
 }
 
 #[test]
@@ -318,18 +358,21 @@ fn on_nodes(
     cfg: &Config,
     facts: &ClusterFacts,
     selector: &[(&str, &str)],
-) -> (Result<Decision, AnnotationError>, Vec<String>) {
-    let js = ann(js);
-    let mut w = Vec::new();
+) -> (Result<Decision<'static>, AnnotationError>, Vec<String>) {
+    let (js, cfg) = (kept(&ann(js)), kept(cfg));
+    let mut w = Warnings::default();
+    let memo = Memo::default();
     let inputs = Inputs {
-        jobset: &js,
+        jobset: js,
         replicated_job: None,
         namespace: None,
         config: cfg,
         facts,
         node_selector: selector,
+        memo: &memo,
     };
-    (resolve(&inputs, &mut w), w)
+    let d = resolve(&inputs, &mut w);
+    (d, w.finish())
 }
 
 const RAC: (&str, &str) = ("restart.jobset.dev/action", "RestartAllContainers");
@@ -470,12 +513,32 @@ fn without_nodes_the_api_server_decides() {
 #[test]
 fn namespace_label_values() {
     let mut labels = BTreeMap::new();
-    assert_eq!(namespace_default(None), (None, None));
-    assert_eq!(namespace_default(Some(&labels)), (None, None));
+    assert_eq!(namespace_default(None, false), (None, None));
+    assert_eq!(namespace_default(Some(&labels), false), (None, None));
     labels.insert(NAMESPACE_LABEL.to_owned(), "enabled".to_owned());
-    assert_eq!(namespace_default(Some(&labels)).0, Some(InPlace::Enabled));
+    assert_eq!(
+        namespace_default(Some(&labels), false).0,
+        Some(InPlace::Enabled)
+    );
     labels.insert(NAMESPACE_LABEL.to_owned(), "on".to_owned());
-    let (v, w) = namespace_default(Some(&labels));
+    let (v, w) = namespace_default(Some(&labels), false);
     assert_eq!(v, None);
     assert!(w.unwrap().contains("is ignored"));
+}
+
+/// Through the namespace-default webhook the API server's namespaceSelector decides: the
+/// cache's labels (unknown, or stale: a label set moments ago, or one it still shows as
+/// something else) do not.
+#[test]
+fn namespace_opted_in_by_the_api_server_wins_over_the_cache() {
+    assert_eq!(
+        namespace_default(None, true),
+        (Some(InPlace::Enabled), None)
+    );
+    let mut labels = BTreeMap::new();
+    labels.insert(NAMESPACE_LABEL.to_owned(), "disabled".to_owned());
+    assert_eq!(
+        namespace_default(Some(&labels), true),
+        (Some(InPlace::Enabled), None)
+    );
 }

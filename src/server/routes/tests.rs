@@ -4,9 +4,15 @@ use http_body_util::{BodyExt as _, Full};
 use tower_service::Service as _;
 
 use super::*;
-use crate::admission;
+use crate::admission::{self, ClusterView};
 use crate::engine::{ClusterFacts, ParentJobSet};
 use crate::server::MAX_BODY;
+use crate::server::config_store::ConfigStore;
+use crate::server::ready::Readiness;
+use crate::server::state::TEXT;
+use crate::telemetry::Metrics;
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
 
 /// A cluster view whose every answer panics: stands in for a bug on the request path.
 struct Exploding;
@@ -50,6 +56,10 @@ fn app(cluster: Arc<dyn ClusterView>) -> App {
         .expect("load");
     let readiness = Readiness::new(
         super::super::tls::SelfCheck::new(addr).expect("self check"),
+        super::super::ready::Listening {
+            addr,
+            accepting: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        },
         super::super::ready::CertCheck {
             resolver: Arc::new(super::super::tls::CertResolver::new(&loaded)),
             server_name: None,
@@ -62,8 +72,11 @@ fn app(cluster: Arc<dyn ClusterView>) -> App {
         cluster,
         metrics: Arc::new(Metrics::new()),
         readiness: Arc::new(readiness),
-        body_timeout: Duration::from_secs(1),
-        body_budget: Semaphore::new(MAX_BODY),
+        body: super::super::body::BodyLimits {
+            timeout: std::time::Duration::from_secs(1),
+            budget: Arc::new(tokio::sync::Semaphore::new(MAX_BODY)),
+        },
+        reviews: super::super::mutate::Reviews::new(16),
     }
 }
 
@@ -185,4 +198,42 @@ async fn not_found_and_not_allowed_keep_their_texts() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()[http::header::CONTENT_LENGTH], "3");
     assert_eq!(body(r).await, "");
+}
+
+/// `/mutate/namespace-default` is the namespace-default registration's path: the API server's
+/// namespaceSelector already established the opt-in, so an unannotated JobSet gets its rules
+/// there with no namespace cache at all (`Offline`), and is left alone on `/mutate`.
+#[tokio::test]
+async fn the_namespace_default_path_carries_the_opt_in() {
+    const UNANNOTATED: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview",
+        "request":{"uid":"u2","kind":{"group":"jobset.x-k8s.io","version":"v1alpha2","kind":"JobSet"},
+        "operation":"CREATE","namespace":"ml","name":"js",
+        "object":{"metadata":{"name":"js"},"spec":{"replicatedJobs":[{"name":"w","template":
+        {"spec":{"template":{"spec":{"containers":[{"name":"c","image":"i"}]}}}}}]}}}}"#;
+    let app = Arc::new(app(Arc::new(admission::Offline)));
+    let answer = |path: &'static str| {
+        let app = app.clone();
+        async move {
+            let req = http::Request::post(path)
+                .header(CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(UNANNOTATED)))
+                .expect("request");
+            let resp = handle(&app, Port::Webhook, req).await;
+            assert_eq!(resp.status(), StatusCode::OK, "{path}");
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&body).expect("JSON")
+        }
+    };
+    let opted_in = answer("/mutate/namespace-default").await;
+    assert_eq!(opted_in["response"]["patchType"], "JSONPatch", "{opted_in}");
+    let plain = answer("/mutate").await;
+    assert_eq!(plain["response"]["allowed"], true, "{plain}");
+    assert!(plain["response"].get("patch").is_none(), "{plain}");
+
+    let get = http::Request::get("/mutate/namespace-default")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = handle(&app, Port::Webhook, get).await;
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.headers()[ALLOW], "POST");
 }

@@ -296,26 +296,39 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// TLS 1.2 and 1.3, ALPN `http/1.1` (plus `h2` first when `http2`); client certificates
-/// required when `client_auth` is given, else not requested.
+/// The oldest TLS version the webhook port accepts (`--tls-min-version`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TlsMinVersion {
+    /// TLS 1.2 and 1.3 (for clients without 1.3).
+    #[value(name = "1.2")]
+    V1_2,
+    /// TLS 1.3 only: every supported kube-apiserver speaks it (Go has since 1.12).
+    #[default]
+    #[value(name = "1.3")]
+    V1_3,
+}
+
+/// TLS from `min` up to 1.3, ALPN `http/1.1` only (kube-apiserver calls service webhooks
+/// over HTTP/1.1; README "Hardening"); client certificates required when `client_auth` is
+/// given, else not requested.
 pub(crate) fn server_config(
     resolver: Arc<CertResolver>,
-    http2: bool,
+    min: TlsMinVersion,
     client_auth: Option<&Arc<ClientAuth>>,
 ) -> anyhow::Result<Arc<ServerConfig>> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match min {
+        TlsMinVersion::V1_3 => &[&rustls::version::TLS13],
+        TlsMinVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    };
     let builder = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(versions)
         .context("configuring TLS versions")?;
     let builder = match client_auth {
         Some(auth) => builder.with_client_cert_verifier(auth.clone()),
         None => builder.with_no_client_auth(),
     };
     let mut cfg = builder.with_cert_resolver(resolver);
-    cfg.alpn_protocols = if http2 {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
 

@@ -199,7 +199,8 @@ pub(super) fn check_fails_when_the_api_server_drops_the_rules() {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    assert_eq!(hooks.len(), 3, "{report:#}");
+    // The three JobSet webhooks and, with the pod target, the pod webhook.
+    assert_eq!(hooks.len(), 4, "{report:#}");
     for h in &hooks {
         assert_eq!(h["caBundle"]["value"], true, "{report:#}");
     }

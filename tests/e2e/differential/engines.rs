@@ -82,20 +82,12 @@ pub(super) fn engines<'c>(
             &["kustomize", &repo_root().join(overlay).to_string_lossy()],
             None,
         );
-        let from_overlay = yaml_documents(&rendered, overlay)
+        let mut from_overlay = yaml_documents(&rendered, overlay)
             .into_iter()
             .find(|d| d["kind"] == "MutatingWebhookConfiguration")
             .unwrap_or_else(|| panic!("{overlay} renders no MutatingWebhookConfiguration"));
-        let mut hooks = from_overlay["webhooks"].clone();
-        for (h, shipped) in hooks
-            .as_array_mut()
-            .into_iter()
-            .flatten()
-            .zip(mwc["webhooks"].as_array().into_iter().flatten())
-        {
-            h["clientConfig"] = shipped["clientConfig"].clone();
-        }
-        mwc["webhooks"] = hooks;
+        webhook.point_at_me(&mut from_overlay);
+        mwc["webhooks"] = from_overlay["webhooks"].clone();
     }
     for w in mwc["webhooks"].as_array_mut().into_iter().flatten() {
         select_engine(&mut w["namespaceSelector"], &we);

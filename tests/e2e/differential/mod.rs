@@ -125,6 +125,17 @@ const COMBINATIONS: &[(&str, Edit)] = &[
         set(d, "in-place", "enabled");
         set_rjob(d, 0, "replicated-jobs", "x");
     }),
+    // The bounds on a name list: 65 names; 64 names of 63 characters with ", " (4,158 bytes).
+    ("many-names", |d| {
+        set(d, "in-place", "enabled");
+        let names: Vec<String> = (0..65).map(|i| format!("c{i}")).collect();
+        set(d, "containers", &names.join(","));
+    }),
+    ("list-bytes", |d| {
+        set(d, "in-place", "enabled");
+        let names: Vec<String> = (0..64).map(|i| format!("{i:x>63}")).collect();
+        set_rjob(d, 0, "containers", &names.join(", "));
+    }),
 ];
 
 /// Combinations also created in namespaces with the `restart.jobset.dev/in-place` label (the
@@ -303,6 +314,9 @@ fn policy_and_webhook_store_the_same_jobsets() {
     documents.push(("large.yaml".to_owned(), 0, large_jobset(32, 8)));
     documents.push(("large-cut.yaml".to_owned(), 0, large_jobset(64, 8)));
     documents.push(("large-over.yaml".to_owned(), 0, large_jobset(136, 8)));
+    // Over the bounds of one review: 257 replicated jobs; 8 x 513 containers (4,104).
+    documents.push(("large-rjobs.yaml".to_owned(), 0, large_jobset(257, 1)));
+    documents.push(("large-containers.yaml".to_owned(), 0, large_jobset(8, 512)));
     for (file_name, d, original) in &documents {
         {
             jobsets += 1;

@@ -32,12 +32,12 @@ pub(super) fn value_sets(
              podLabels: {{team: ml-platform}}\n\
              podAnnotations: {{example.com/owner: ml-platform}}\n\
              logFormat: text\nlogLevel: debug\n\
-             serve: {{maxConnections: 512, maxBodyMemory: 64Mi, idleTimeout: 60s, headerReadTimeout: 3s, extraArgs: [--http2]}}\n\
+             serve: {{maxConnections: 512, maxBodyMemory: 64Mi, idleTimeout: 60s, headerReadTimeout: 3s, extraArgs: [--tls-min-version=1.2]}}\n\
              webhook:\n  failurePolicy: Ignore\n  timeoutSeconds: 10\n  namespaceLabelOptIn: false\n\
              \x20 excludedNamespaces: [kube-system, kube-public]\n\
              \x20 namespaceSelector: {{matchLabels: {{env: prod}}, matchExpressions: [{{key: tier, operator: NotIn, values: [system]}}]}}\n\
              \x20 objectSelector: {{matchExpressions: [{{key: restart.example/skip, operator: DoesNotExist}}]}}\n\
-             \x20 pods: {{enabled: false}}\n\
+             \x20 pods: {{failurePolicy: Ignore, timeoutSeconds: 1}}\n\
              networkPolicy: {{enabled: false}}\npodDisruptionBudget: {{enabled: false}}\n",
             "0".repeat(64)
         ),
@@ -63,6 +63,15 @@ pub(super) fn value_sets(
             ]),
         ),
         (
+            "alerts and dashboard, dashboard in another namespace",
+            s(&[
+                "--set",
+                "prometheusRule.enabled=true,prometheusRule.labels.release=prometheus,\
+                 grafanaDashboard.enabled=true,grafanaDashboard.namespace=default,\
+                 grafanaDashboard.annotations.grafana_folder=Kubernetes",
+            ]),
+        ),
+        (
             "self-managed",
             vec![
                 "--set".into(),
@@ -79,6 +88,17 @@ pub(super) fn value_sets(
             ],
         ),
         ("cluster default", s(&["-f", &path_str(&cluster_default)])),
+        (
+            "pod target, one replica, NetworkPolicy restricted to given peers and ports",
+            s(&[
+                "--set",
+                "config.targets={jobsets,pods},replicas=1,networkPolicy.apiServerPorts={16443}",
+                "--set-json",
+                r#"networkPolicy.webhookFrom=[{"ipBlock":{"cidr":"10.0.0.2/32"}}]"#,
+                "--set-json",
+                r#"networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"prometheus"}}}]"#,
+            ]),
+        ),
         (
             "custom config, selectors, scheduling, limits, optional objects off",
             s(&[
@@ -118,6 +138,10 @@ pub(super) fn helm_value_sets_apply_to_the_api_server_with_server_side_dry_run()
         .join("example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml");
     c.kubectl_ok(&["create", "-f", &path_str(&service_monitors)], None);
     wait_established(&c, "servicemonitors.monitoring.coreos.com");
+    let prometheus_rules = go_module_dir(PROMETHEUS_OPERATOR_MODULE)
+        .join("example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml");
+    c.kubectl_ok(&["create", "-f", &path_str(&prometheus_rules)], None);
+    wait_established(&c, "prometheusrules.monitoring.coreos.com");
     c.kubectl_ok(
         &[
             "apply",
@@ -231,7 +255,8 @@ pub(super) fn helm_install_upgrade_and_uninstall_on_the_api_server() {
             "mode=wat",
             "at '/mode': value must be one of 'webhook', 'policy'",
         ),
-        ("replicas=-1", "at '/replicas': minimum: got -1, want 0"),
+        ("replicas=-1", "at '/replicas': minimum: got -1, want 1"),
+        ("replicas=0", "at '/replicas': minimum: got 0, want 1"),
     ] {
         let out = helm(
             &[

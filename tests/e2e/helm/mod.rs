@@ -117,7 +117,7 @@ fn helm_ok(args: &[&str], cluster: Option<&Cluster>) -> String {
 
 /// `helm template` of the chart into the webhook's namespace with `values` flags: the YAML
 /// stream and its objects.
-fn template(values: &[&str]) -> (String, Vec<Value>) {
+pub(crate) fn template(values: &[&str]) -> (String, Vec<Value>) {
     let mut args = vec![
         "template",
         RELEASE,

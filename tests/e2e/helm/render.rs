@@ -225,6 +225,72 @@ pub(super) fn helm_chart_lints_and_renders_what_kustomize_renders() {
         kustomize(&manifests.join("overlays/cluster-default-enabled")),
         charted,
     );
+
+    // The pod target: the pod webhook, list/watch of JobSets and the targets annotation come
+    // with it (components/pod-target), and only with it (the cases above have none).
+    let (_, charted) = template(&[
+        "--set",
+        "certManager.enabled=true",
+        "--set",
+        "config.targets={jobsets,pods}",
+    ]);
+    assert_same_objects(
+        "overlays/pod-target",
+        kustomize(&manifests.join("overlays/pod-target")),
+        charted,
+    );
+
+    // One replica: no PodDisruptionBudget (it would block every node drain).
+    let (_, charted) = template(&["--set", "replicas=1"]);
+    let kinds: Vec<String> = charted.iter().map(key).collect();
+    assert!(
+        !kinds.iter().any(|k| k.starts_with("PodDisruptionBudget/")),
+        "replicas=1 renders a PodDisruptionBudget: {kinds:?}"
+    );
+    assert!(kinds.contains(&"Deployment/jobset-restart-webhook".to_owned()));
+
+    // The alerts and the dashboard (off by default, which the base comparison above shows):
+    // manifests/monitoring renders the chart's two objects.
+    let (_, charted) = template(&[
+        "--set",
+        "prometheusRule.enabled=true,grafanaDashboard.enabled=true",
+    ]);
+    let mut got = by_key(
+        charted
+            .into_iter()
+            .filter(|o| {
+                o["kind"] == "PrometheusRule"
+                    || o["metadata"]["name"] == "jobset-restart-webhook-dashboard"
+            })
+            .collect(),
+    );
+    for obj in got.values_mut() {
+        strip_chart_labels(obj, false);
+    }
+    let want = by_key(kustomize(&manifests.join("monitoring")));
+    assert_eq!(
+        want.keys().collect::<Vec<_>>(),
+        [
+            "ConfigMap/jobset-restart-webhook-dashboard",
+            "PrometheusRule/jobset-restart-webhook"
+        ],
+        "manifests/monitoring renders the PrometheusRule and the dashboard ConfigMap"
+    );
+    for (k, w) in &want {
+        assert!(
+            got.get(k) == Some(w),
+            "{k}: the chart (prometheusRule.enabled, grafanaDashboard.enabled) and \
+             manifests/monitoring differ.\nkustomize:\n{}\nhelm (chart labels stripped):\n{}",
+            serde_json::to_string_pretty(w).unwrap_or_default(),
+            serde_json::to_string_pretty(&got.get(k)).unwrap_or_default()
+        );
+    }
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "the chart renders no other monitoring object"
+    );
+    eprintln!("[e2e] helm monitoring: the PrometheusRule and the dashboard equal kustomize's");
 }
 
 /// The policy objects of `docs` with the chart labels stripped, by kind/name.
@@ -321,9 +387,10 @@ pub(super) fn helm_policy_mode_renders_what_the_policy_subcommand_prints() {
 }
 
 /// Leaves of values.yaml as README rows: scalars, lists and empty maps, plus maps whose
-/// keys are the user's (`resources`, `config.presets`) as one row each.
+/// keys are the user's (`resources`, `config.presets`, `grafanaDashboard.labels`) as one row
+/// each.
 pub(super) fn value_leaves(prefix: &str, value: &Value, out: &mut BTreeMap<String, Value>) {
-    const OPAQUE: &[&str] = &["resources", "config.presets"];
+    const OPAQUE: &[&str] = &["resources", "config.presets", "grafanaDashboard.labels"];
     match value.as_object() {
         Some(map) if !map.is_empty() && !OPAQUE.contains(&prefix) => {
             for (k, v) in map {

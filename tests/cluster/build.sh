@@ -202,6 +202,11 @@ module_version() { (cd "$mod_dir" && go list -m -f '{{.Version}}' "$1"); }
 if [[ -z "$module" ]]; then
     k8s_version="$(module_version k8s.io/kubernetes)" || die "cannot resolve k8s.io/kubernetes in go.mod"
     jobset_version="$(module_version sigs.k8s.io/jobset)" || die "cannot resolve sigs.k8s.io/jobset in go.mod"
+elif grep -q '^require k8s.io/kubernetes \|^[[:space:]]k8s.io/kubernetes v' "$mod_dir/go.mod"; then
+    # A module that builds Kubernetes binaries of another version (apiserver-1-37/):
+    # stamped like the control plane's, with its own version.
+    k8s_version="$(module_version k8s.io/kubernetes)" || die "cannot resolve k8s.io/kubernetes in $mod_dir/go.mod"
+    jobset_version=none
 else
     k8s_version=none jobset_version=none
 fi
@@ -235,7 +240,13 @@ tags_of() {
     awk -v n="$1" '$1 == n { print $3; exit }' "$mod_dir/binaries"
 }
 ldflags_of() {
-    [[ -z "$module" ]] || { echo "-s -w"; return; }
+    if [[ -n "$module" ]]; then
+        case "$1" in
+        kube-*) [[ "$k8s_version" != none ]] && { echo "$kube_ldflags"; return; } ;;
+        esac
+        echo "-s -w"
+        return
+    fi
     case "$1" in
     kube-apiserver | kube-controller-manager | kubectl | kube-scheduler | kubelet) echo "$kube_ldflags" ;;
     jobset-controller) echo "$jobset_ldflags" ;;

@@ -212,7 +212,7 @@ fn jobset_keys_beat_preset_and_preset_beats_namespace_and_cluster() {
     );
     assert_eq!(r.exit_codes.values(), &[42, 43]);
     assert_eq!(
-        r.containers.as_deref().unwrap(),
+        r.containers.unwrap(),
         ["main"],
         "cluster fills what the preset leaves"
     );

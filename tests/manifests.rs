@@ -21,7 +21,7 @@ fn one(file: &str) -> Value {
 }
 
 /// The CEL of the updates webhook's matchCondition: only JobSets whose stored object carries
-/// our record, and not while they are being deleted (README "Operations").
+/// our record, and not while they are being deleted (docs/operations.md "While the webhook is down").
 const UPDATE_CONDITION: &str = "has(oldObject.metadata.annotations) && \
      'restart.jobset.dev/applied' in oldObject.metadata.annotations && \
      !has(object.metadata.deletionTimestamp)";

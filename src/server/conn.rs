@@ -269,7 +269,7 @@ pub(crate) enum Evict {
 /// [`Evict`]) of the same peer or, at the listener's cap, of anyone; only when every
 /// candidate is handling a request is the newcomer closed at once. So a client that holds
 /// idle connections cannot keep others out, and one peer cannot hold more than `per_peer`
-/// (README "Hardening": why the default allows the API server, or a Konnectivity agent that
+/// (docs/security.md "Limits": why the default allows the API server, or a Konnectivity agent that
 /// carries every API server's calls, half of the webhook port).
 pub(crate) struct Conns {
     state: Mutex<ConnsState>,

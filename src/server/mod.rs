@@ -140,7 +140,7 @@ pub struct ServerArgs {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections_per_peer: Option<u32>,
     /// Reviews in flight (waiting for a worker or running); more are answered 429 with
-    /// `Retry-After: 1` at once, which kube-apiserver retries (README "Hardening").
+    /// `Retry-After: 1` at once, which kube-apiserver retries (docs/security.md "Limits").
     #[arg(long, env = "JRW_MAX_REVIEWS_IN_FLIGHT", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_reviews_in_flight: u32,

@@ -138,7 +138,7 @@ fn api_server_timeout(uri: &Uri) -> Duration {
 /// within the webhook's timeout (`k8s.io/client-go` `rest/with_retry.go` `checkWait` and
 /// `IsNextRetry`; the review body is kept as bytes, so it can be re-sent). A denial would
 /// fail the user's request for good, and a queue past the API server's timeout would apply
-/// the failure policy after the whole timeout. README "Hardening" says the same.
+/// the failure policy after the whole timeout. docs/security.md "Limits" says the same.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Shed {
     #[error("{0} reviews are in flight (--max-reviews-in-flight); retry")]
@@ -161,7 +161,7 @@ impl Shed {
 /// probes. At most `in_flight` reviews wait or run at once (more are shed at once); at most
 /// `workers` (the CPUs, at least 2) run at once, in arrival order.
 ///
-/// Sizing (README "Hardening"): a review of a typical JobSet or Pod takes tens of
+/// Sizing (docs/security.md "Limits"): a review of a typical JobSet or Pod takes tens of
 /// microseconds and a 3 MiB JobSet about a millisecond (docs/BENCHMARKS.md), so 256 waiting
 /// reviews clear in well under a second on one CPU, inside the shipped 3-5 s webhook
 /// timeouts. A 5,000-pod burst reaches a replica no faster than the API servers call it

@@ -1,4 +1,4 @@
-//! The outage matrix (README "Operations"): for each install variant, the webhook's `serve`
+//! The outage matrix (docs/operations.md "While the webhook is down"): for each install variant, the webhook's `serve`
 //! process is killed (the registration stays: the API server's calls are refused, as when no
 //! replica is up) and every operation a cluster does on JobSets and their pods is tried. Each
 //! cell of [`EXPECTED`] is asserted; the README's table is the same table.

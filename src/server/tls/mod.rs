@@ -309,7 +309,7 @@ pub enum TlsMinVersion {
 }
 
 /// TLS from `min` up to 1.3, ALPN `http/1.1` only (kube-apiserver calls service webhooks
-/// over HTTP/1.1; README "Hardening"); client certificates required when `client_auth` is
+/// over HTTP/1.1; docs/security.md "Limits"); client certificates required when `client_auth` is
 /// given, else not requested.
 pub(crate) fn server_config(
     resolver: Arc<CertResolver>,

@@ -30,6 +30,15 @@ cargo deny check licenses bans sources
 step "fuzzing: each cargo-fuzz target briefly (nightly toolchain)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-30}" fuzz/run-ci.sh
 
+step "image: the Dockerfile built unchanged with buildah (tests/image/build.sh, cached in .cache/image) and its checks"
+# As root (buildah's chroot isolation); installs buildah and debootstrap when missing. The
+# archive is reused while the Dockerfile and the sources it copies are unchanged.
+t0=$(date +%s)
+IMAGE_ARCHIVE="$(tests/image/build.sh)"
+export IMAGE_ARCHIVE
+echo "image ready in $(( $(date +%s) - t0 ))s: $IMAGE_ARCHIVE"
+cargo test --features e2e --test image
+
 step "control plane (etcd, kube-apiserver, kube-controller-manager, kubectl, JobSet controller, kube-scheduler, kubelet)"
 t0=$(date +%s)
 CONTROL_PLANE_BIN="$(tests/cluster/build.sh)"

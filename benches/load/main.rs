@@ -18,6 +18,11 @@
 //! that background load on the shared machine hits the floors and the webhook alike.
 //! Other subcommands: `floor-server MODE ...` (the floors), `client ADDR CA BODY CONNS SECS`
 //! (load an already running server, e.g. one under `perf record`).
+//!
+//! Which binary is `webhook`: the one Cargo built for the bench (release profile, dynamic
+//! glibc), or `--exe EXE`, or `--image`: the binary of the image built from the Dockerfile
+//! (`tests/image/build.sh`, run as root; the shipped build). `--baseline EXE` adds a second
+//! binary's `serve`, `webhook (before)`, in the same rounds.
 
 mod bodies;
 mod client;
@@ -73,6 +78,12 @@ struct Opts {
     json: PathBuf,
     /// `--baseline EXE`: also load this binary's `serve` (an earlier build) as `webhook (before)`.
     baseline: Option<PathBuf>,
+    /// `--exe EXE`: the `webhook` server runs this binary instead of the one Cargo built (e.g.
+    /// another target's build).
+    exe: Option<PathBuf>,
+    /// `--image`: the `webhook` server runs the binary of the image built from the Dockerfile
+    /// (tests/image/build.sh, cached), extracted from its archive: the shipped build.
+    image: bool,
 }
 
 impl Opts {
@@ -83,6 +94,8 @@ impl Opts {
             priority: false,
             json: Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-load.json"),
             baseline: None,
+            exe: None,
+            image: false,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -92,6 +105,8 @@ impl Opts {
                 "--priority" => o.priority = true,
                 "--json" => o.json = it.next().expect("--json PATH").into(),
                 "--baseline" => o.baseline = Some(it.next().expect("--baseline EXE").into()),
+                "--exe" => o.exe = Some(it.next().expect("--exe EXE").into()),
+                "--image" => o.image = true,
                 other if other.starts_with("--") => {}
                 other => eprintln!("load: ignoring argument {other:?}"),
             }
@@ -111,7 +126,19 @@ fn bench(opts: &Opts) {
     let ca_pem = write_certs(dir.path());
     let tls = start_floor(&pin, TLS_FLOOR, "tls", dir.path());
     let parse = start_floor(&pin, PARSE_FLOOR, "parse", dir.path());
-    let webhook = start_webhook(&pin, WEBHOOK, dir.path(), None);
+    if opts.image && opts.exe.is_some() {
+        panic!("load: --image and --exe both name the webhook's binary; give one");
+    }
+    let exe = if opts.image {
+        let archive = testkit::image::image_archive();
+        let bin = testkit::image::extract_binary(archive, dir.path())
+            .unwrap_or_else(|e| panic!("load: the image's binary: {e}"));
+        eprintln!("load: webhook = the binary of {}", archive.display());
+        Some(bin)
+    } else {
+        opts.exe.clone()
+    };
+    let webhook = start_webhook(&pin, WEBHOOK, dir.path(), exe.as_deref());
     let webhook_parent = start_webhook(&pin, WEBHOOK_PARENT, dir.path(), None);
     let before = opts
         .baseline
@@ -305,6 +332,21 @@ fn bench(opts: &Opts) {
         pin.enabled,
         pin.priority
     );
+    let _ = writeln!(
+        out,
+        "- webhook: {}{}",
+        if opts.image {
+            "the image's binary (tests/image/build.sh), ".to_owned()
+        } else {
+            String::new()
+        },
+        exe.as_deref()
+            .unwrap_or(Path::new(env!("CARGO_BIN_EXE_jobset-restart-webhook")))
+            .display()
+    );
+    if let Some(b) = &opts.baseline {
+        let _ = writeln!(out, "- webhook (before): {}", b.display());
+    }
     for c in &checks {
         let _ = writeln!(out, "- {c}");
     }

@@ -4,7 +4,8 @@
 //! - [`webhook_process`]: the real binary as a process (`certs`, `serve` on loopback, HTTPS
 //!   and raw TLS clients, a Prometheus text reader); [`admission_reviews`]: the requests
 //!   kube-apiserver sends and readers of the answers; [`hardening`]: what the hostile-input and
-//!   fault tests add (bounded tests, `/proc` memory figures, a steady-rate client).
+//!   fault tests add (bounded tests, `/proc` memory figures, a steady-rate client); [`image`]:
+//!   the image built from the Dockerfile, read from its archive.
 //! - [`cluster`], [`webhook`], [`node`]: a real control plane, our webhook registered on it,
 //!   a real node (the e2e tests and the `apiserver` and `restart` benches).
 //! - [`engine_inputs`]: the engine bench's JobSets (also profiled by an example);
@@ -17,6 +18,7 @@ pub mod cluster;
 pub mod engine_inputs;
 pub mod engine_support;
 pub mod hardening;
+pub mod image;
 pub mod node;
 pub mod plot;
 pub mod stats;

@@ -273,7 +273,7 @@ fn outage_matrix_every_operation_per_install_variant_with_the_webhook_down() {
                     ns,
                     "--type=json",
                     "-p",
-                    &finalizer_patch,
+                    finalizer_patch.as_str(),
                 ],
                 None,
             ),
@@ -339,7 +339,7 @@ fn outage_matrix_every_operation_per_install_variant_with_the_webhook_down() {
                 ns,
                 "--type=json",
                 "-p",
-                &finalizer_patch,
+                finalizer_patch.as_str(),
             ],
             None,
         );

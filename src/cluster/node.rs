@@ -13,9 +13,7 @@ use std::collections::BTreeMap;
 
 use kube::core::{ClusterResourceScope, ObjectMeta, Resource};
 use serde::Deserialize;
-use serde_json::Value;
 
-use super::probe::{self, Failure};
 use crate::engine::NodeInfo;
 use crate::engine::nodes::FEATURE;
 
@@ -110,53 +108,6 @@ impl From<RawNode> for SlimNode {
 /// but the API server sends the whole object.
 pub const PAGE: u32 = 200;
 
-/// Every node, listed in pages (for `check`; `serve` watches instead).
-pub async fn list(client: &kube::Client) -> Result<Vec<SlimNode>, Failure> {
-    #[derive(Deserialize)]
-    struct Page {
-        #[serde(default)]
-        items: Vec<SlimNode>,
-        #[serde(default)]
-        metadata: PageMeta,
-    }
-    #[derive(Default, Deserialize)]
-    struct PageMeta {
-        #[serde(default, rename = "continue")]
-        next: Option<String>,
-    }
-    let mut nodes = Vec::new();
-    let mut next: Option<String> = None;
-    loop {
-        let mut path = format!("/api/v1/nodes?limit={PAGE}");
-        if let Some(token) = &next {
-            path.push_str("&continue=");
-            path.push_str(&percent_encode(token));
-        }
-        let page: Value = probe::get(client, &path).await?;
-        let page: Page = serde_json::from_value(page)
-            .map_err(|e| Failure::Other(format!("the node list is unreadable: {e}")))?;
-        nodes.extend(page.items);
-        match page.metadata.next.filter(|t| !t.is_empty()) {
-            Some(t) => next = Some(t),
-            None => return Ok(nodes),
-        }
-    }
-}
-
-/// The continue token is base64 (`+`, `/`, `=`); everything but unreserved characters is
-/// escaped.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,10 +136,5 @@ mod tests {
         }))
         .unwrap();
         assert!(!other.info.declares);
-    }
-
-    #[test]
-    fn continue_tokens_are_escaped() {
-        assert_eq!(percent_encode("eyJ2+/="), "eyJ2%2B%2F%3D");
     }
 }

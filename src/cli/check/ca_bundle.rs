@@ -4,19 +4,19 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use base64::Engine as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier as _;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, RootCertStore};
-use serde_json::Value;
 
 use super::DIAL_TIMEOUT;
 use super::report::WebhookEntry;
-use super::webhook::{Endpoint, endpoint, resources, valid_name};
-use crate::cluster::probe::{self, Finding};
+use super::webhook::{Endpoint, endpoint, one_path_segment, resources};
+use crate::cluster::probe::{Finding, with_timeout};
 
 pub(super) async fn verify_webhooks(
     client: &kube::Client,
@@ -95,66 +95,83 @@ async fn verify_endpoint(
         },
         Endpoint::Service {
             namespace, name, ..
-        } => {
-            let (secret_ns, secret_name) = match tls_secret.split_once('/') {
-                Some((ns, n)) => (ns.to_owned(), n.to_owned()),
-                None => (namespace.clone(), tls_secret.to_owned()),
-            };
-            let dns = format!("{name}.{namespace}.svc");
-            let why_outside = format!(
-                "the API server reaches Service {namespace}/{name}, which is routable only \
-                 inside the cluster, so this check cannot dial it"
-            );
-            if !(valid_name(&secret_ns) && valid_name(&secret_name)) {
-                (
-                    None,
-                    format!("{why_outside}; --tls-secret {tls_secret:?} is not a valid name"),
-                )
-            } else {
-                let path = format!("/api/v1/namespaces/{secret_ns}/secrets/{secret_name}");
-                match probe::get(client, &path).await {
-                    Ok(secret) => match secret_cert(&secret) {
-                        Some(chain) => match verify_chain(bundle, &chain, &dns) {
-                            Ok(()) => (
-                                Some(true),
-                                format!(
-                                    "the caBundle verifies the certificate in Secret \
-                                     {secret_ns}/{secret_name} for {dns}"
-                                ),
-                            ),
-                            Err(e) => (
-                                Some(false),
-                                format!(
-                                    "the caBundle does not verify the certificate in Secret \
-                                     {secret_ns}/{secret_name} for {dns}: {e}"
-                                ),
-                            ),
-                        },
-                        None => (
-                            None,
-                            format!(
-                                "{why_outside}, and Secret {secret_ns}/{secret_name} has no tls.crt"
-                            ),
-                        ),
-                    },
-                    Err(e) => (
-                        None,
-                        format!(
-                            "{why_outside}, and Secret {secret_ns}/{secret_name} (--tls-secret) \
-                             could not be read: {e}"
-                        ),
-                    ),
-                }
-            }
-        }
+        } => verify_service(client, namespace, name, bundle, tls_secret).await,
     };
     Finding { value, detail }
 }
 
-/// `data["tls.crt"]` of a Secret (JSON), decoded.
-fn secret_cert(secret: &Value) -> Option<Vec<u8>> {
-    let b64 = secret.pointer("/data/tls.crt")?.as_str()?;
-    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+/// A `service` clientConfig is routable only inside the cluster: verify the certificate in
+/// the Secret `tls_secret` (`NAME` in the Service's namespace, or `NAMESPACE/NAME`) instead.
+async fn verify_service(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    bundle: &[u8],
+    tls_secret: &str,
+) -> (Option<bool>, String) {
+    let (secret_ns, secret_name) = tls_secret
+        .split_once('/')
+        .unwrap_or((namespace, tls_secret));
+    let dns = format!("{name}.{namespace}.svc");
+    let why_outside = format!(
+        "the API server reaches Service {namespace}/{name}, which is routable only inside the \
+         cluster, so this check cannot dial it"
+    );
+    if !(one_path_segment(secret_ns) && one_path_segment(secret_name)) {
+        return (
+            None,
+            format!("{why_outside}; --tls-secret {tls_secret:?} is not a valid name"),
+        );
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), secret_ns);
+    let secret = match with_timeout(secrets.get_opt(secret_name)).await {
+        Ok(Some(secret)) => secret,
+        Ok(None) => {
+            return (
+                None,
+                format!(
+                    "{why_outside}, and Secret {secret_ns}/{secret_name} (--tls-secret) does \
+                     not exist"
+                ),
+            );
+        }
+        Err(e) => {
+            return (
+                None,
+                format!(
+                    "{why_outside}, and Secret {secret_ns}/{secret_name} (--tls-secret) could \
+                     not be read: {e}"
+                ),
+            );
+        }
+    };
+    let Some(chain) = tls_crt(&secret) else {
+        return (
+            None,
+            format!("{why_outside}, and Secret {secret_ns}/{secret_name} has no tls.crt"),
+        );
+    };
+    match verify_chain(bundle, chain, &dns) {
+        Ok(()) => (
+            Some(true),
+            format!(
+                "the caBundle verifies the certificate in Secret {secret_ns}/{secret_name} for \
+                 {dns}"
+            ),
+        ),
+        Err(e) => (
+            Some(false),
+            format!(
+                "the caBundle does not verify the certificate in Secret \
+                 {secret_ns}/{secret_name} for {dns}: {e}"
+            ),
+        ),
+    }
+}
+
+/// `data["tls.crt"]` of a Secret (kube's typed Secret has decoded it).
+fn tls_crt(secret: &Secret) -> Option<&[u8]> {
+    Some(secret.data.as_ref()?.get("tls.crt")?.0.as_slice())
 }
 
 /// Why a caBundle or a certificate is unusable, or does not verify.

@@ -13,10 +13,12 @@
 //! per problem says why); 2 when the cluster could not be checked at all.
 //!
 //! The parts: [`webhook`] reads the MutatingWebhookConfiguration and the admission policies,
-//! [`ca_bundle`] verifies each webhook's caBundle, [`verdict`] turns the findings into
-//! problems and warnings, [`report`] holds the report and prints it.
+//! [`ca_bundle`] verifies each webhook's caBundle, [`nodes`] lists the nodes (all three through
+//! kube's typed `Api`), [`verdict`] turns the findings into problems and warnings, [`report`]
+//! holds the report and prints it.
 
 mod ca_bundle;
+mod nodes;
 mod report;
 #[cfg(test)]
 mod tests;
@@ -29,8 +31,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::args::parse_targets;
-use crate::cluster::node;
-use crate::cluster::probe;
+use crate::cluster::probe::{self, with_timeout};
 use crate::engine::Targets;
 
 pub use ca_bundle::{CaBundleError, verify_chain};
@@ -113,14 +114,14 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             )));
         }
     };
-    if let Err(e) = probe::get(&client, "/version").await {
+    if let Err(e) = with_timeout(client.apiserver_version()).await {
         return Ok(unchecked(&format!(
             "cannot reach the API server at {cluster}: {e}"
         )));
     }
     let namespace = args.namespace.clone().unwrap_or(default_namespace);
     let capabilities = probe::probe(&client, &namespace).await;
-    let nodes = NodesReport::from_list(node::list(&client).await);
+    let nodes = NodesReport::from_list(nodes::list(&client).await);
     let (webhook, mwc) = read_webhook(&client, &args.webhook_configuration).await;
     let admission_policy = read_policy(&client).await;
     let mut webhook = webhook;

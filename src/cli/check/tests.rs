@@ -6,7 +6,9 @@ use rustls::pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
 
 use super::ca_bundle::{DialError, dial};
-use super::webhook::{endpoint, resources, routed_targets};
+use super::webhook::{
+    endpoint, one_path_segment, policy_report, registration, resources, routed_targets,
+};
 use super::*;
 use crate::cluster::node::SlimNode;
 use crate::cluster::probe::{Capabilities, Failure, Finding};
@@ -260,6 +262,96 @@ fn webhook_problems() {
         [
             "MutatingWebhookConfiguration x is not registered: nothing sends JobSets or Pods to the webhook"
         ]
+    );
+}
+
+#[test]
+fn names_that_are_not_one_path_segment_are_not_looked_up() {
+    for ok in ["00-jobset-restart-webhook", "Upper_case", "a.b"] {
+        assert!(one_path_segment(ok), "{ok}");
+    }
+    for bad in ["", ".", "..", "a/b", "a?watch=1", "a#b", "a%2Fb"] {
+        assert!(!one_path_segment(bad), "{bad}");
+    }
+    let (report, mwc) = registration("a/b", None);
+    assert_eq!(
+        (report.registered, mwc),
+        (f(None, "\"a/b\" is not a valid object name"), None)
+    );
+}
+
+#[test]
+fn what_the_configuration_lookup_found() {
+    let config = mwc(json!({"metadata": {"name": "x"}, "webhooks": [
+        {"name": "a", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+         "clientConfig": {"url": "https://127.0.0.1:1/mutate"}}
+    ]}));
+    let (report, found) = registration("x", Some(Ok(Some(config.clone()))));
+    assert_eq!(report.name, "x");
+    assert_eq!(
+        report.registered,
+        f(Some(true), "MutatingWebhookConfiguration x has 1 webhooks")
+    );
+    assert_eq!(found, Some(config));
+    let (report, found) = registration("x", Some(Ok(None)));
+    assert_eq!(
+        (report.registered, found),
+        (
+            f(
+                Some(false),
+                "MutatingWebhookConfiguration x is not registered"
+            ),
+            None
+        )
+    );
+    let forbidden = Failure::Api {
+        code: 403,
+        message: "forbidden".into(),
+    };
+    let (report, _) = registration("x", Some(Err(forbidden)));
+    assert_eq!(
+        report.registered,
+        f(
+            None,
+            "reading MutatingWebhookConfiguration x failed: HTTP 403: forbidden"
+        )
+    );
+}
+
+#[test]
+fn what_the_policy_lookups_found() {
+    let objects = |found: [Result<bool, Failure>; 2]| -> Vec<(String, Result<bool, Failure>)> {
+        [
+            "mutatingadmissionpolicies/a",
+            "validatingadmissionpolicies/b",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .zip(found)
+        .collect()
+    };
+    let all = policy_report(&objects([Ok(true), Ok(true)]));
+    assert_eq!(all.installed.value, Some(true));
+    assert!(!all.partial);
+    let none = policy_report(&objects([Ok(false), Ok(false)]));
+    assert_eq!(none.installed, f(Some(false), "not installed"));
+    assert!(!none.partial);
+    let part = policy_report(&objects([Ok(true), Ok(false)]));
+    assert_eq!(
+        part.installed,
+        f(
+            Some(false),
+            "partly installed: validatingadmissionpolicies/b missing"
+        )
+    );
+    assert!(part.partial);
+    let failed = policy_report(&objects([Ok(true), Err(Failure::Other("timeout".into()))]));
+    assert_eq!(
+        failed.installed,
+        f(
+            None,
+            "could not read validatingadmissionpolicies/b: timeout"
+        )
     );
 }
 

@@ -1,97 +1,127 @@
 //! What the cluster registers: our MutatingWebhookConfiguration (its webhooks, where they
 //! send, what they route) and the objects of `policy`.
 
-use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
+use std::fmt::Debug;
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, MutatingWebhook,
+    MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use kube::Api;
+use kube::core::{ClusterResourceScope, Resource};
+use serde::de::DeserializeOwned;
 
 use super::report::{PolicyReport, WebhookReport};
 use crate::admission_policy;
-use crate::cluster::probe::{self, Failure, Finding};
+use crate::cluster::probe::{Failure, Finding, with_timeout};
 use crate::engine::Targets;
 
-pub(super) fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+/// Whether kube's typed [`Api`] can put `name` into a request path as it is. kube-rs does not
+/// escape names (kube-core's `Request::get` formats `{path}/{name}`), so a `/`, `?`, `#` or `%`
+/// would address another object or add a query; client-go refuses the same names
+/// (`IsValidPathSegmentName`). Everything else about a name is the API server's to judge: a
+/// name no object can have is simply not found.
+pub(super) fn one_path_segment(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '?', '#', '%'])
 }
 
+/// Our MutatingWebhookConfiguration `name`, if it is registered.
 pub(super) async fn read_webhook(
     client: &kube::Client,
     name: &str,
 ) -> (WebhookReport, Option<MutatingWebhookConfiguration>) {
-    let mut report = WebhookReport {
-        name: name.to_owned(),
-        ..WebhookReport::default()
+    let found = if one_path_segment(name) {
+        let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+        Some(with_timeout(api.get_opt(name)).await)
+    } else {
+        None
     };
-    if !valid_name(name) {
-        report.registered = Finding {
-            value: None,
-            detail: format!("{name:?} is not a valid object name"),
-        };
-        return (report, None);
-    }
-    let path =
-        format!("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}");
-    match probe::get(client, &path).await {
-        Ok(v) => match serde_json::from_value::<MutatingWebhookConfiguration>(v) {
-            Ok(mwc) => {
-                let n = mwc.webhooks.as_ref().map_or(0, Vec::len);
-                report.registered = Finding {
+    registration(name, found)
+}
+
+/// What the lookup of configuration `name` found (`None`: the name was not looked up).
+pub(super) fn registration(
+    name: &str,
+    found: Option<Result<Option<MutatingWebhookConfiguration>, Failure>>,
+) -> (WebhookReport, Option<MutatingWebhookConfiguration>) {
+    let (registered, mwc) = match found {
+        None => (
+            Finding {
+                value: None,
+                detail: format!("{name:?} is not a valid object name"),
+            },
+            None,
+        ),
+        Some(Ok(Some(mwc))) => {
+            let n = mwc.webhooks.as_ref().map_or(0, Vec::len);
+            (
+                Finding {
                     value: Some(true),
                     detail: format!("MutatingWebhookConfiguration {name} has {n} webhooks"),
-                };
-                (report, Some(mwc))
-            }
-            Err(e) => {
-                report.registered = Finding {
-                    value: None,
-                    detail: format!("MutatingWebhookConfiguration {name} is unreadable: {e}"),
-                };
-                (report, None)
-            }
-        },
-        Err(Failure::Api { code: 404, .. }) => {
-            report.registered = Finding {
+                },
+                Some(mwc),
+            )
+        }
+        Some(Ok(None)) => (
+            Finding {
                 value: Some(false),
                 detail: format!("MutatingWebhookConfiguration {name} is not registered"),
-            };
-            (report, None)
-        }
-        Err(e) => {
-            report.registered = Finding {
+            },
+            None,
+        ),
+        Some(Err(e)) => (
+            Finding {
                 value: None,
                 detail: format!("reading MutatingWebhookConfiguration {name} failed: {e}"),
-            };
-            (report, None)
-        }
-    }
+            },
+            None,
+        ),
+    };
+    let report = WebhookReport {
+        name: name.to_owned(),
+        registered,
+        ..WebhookReport::default()
+    };
+    (report, mwc)
 }
 
 /// Looks for the four objects of `policy` by their names (a cluster without the v1 admission
 /// policy APIs answers 404, the same as "not installed").
 pub(super) async fn read_policy(client: &kube::Client) -> PolicyReport {
-    let objects = [
-        ("mutatingadmissionpolicies", admission_policy::MUTATING_NAME),
-        (
-            "mutatingadmissionpolicybindings",
-            admission_policy::MUTATING_NAME,
-        ),
-        (
-            "validatingadmissionpolicies",
-            admission_policy::VALIDATING_NAME,
-        ),
-        (
-            "validatingadmissionpolicybindings",
-            admission_policy::VALIDATING_NAME,
-        ),
-    ];
+    let (mutating, validating) = (
+        admission_policy::MUTATING_NAME,
+        admission_policy::VALIDATING_NAME,
+    );
+    policy_report(&[
+        exists::<MutatingAdmissionPolicy>(client, mutating).await,
+        exists::<MutatingAdmissionPolicyBinding>(client, mutating).await,
+        exists::<ValidatingAdmissionPolicy>(client, validating).await,
+        exists::<ValidatingAdmissionPolicyBinding>(client, validating).await,
+    ])
+}
+
+/// `("<plural>/<name>", whether it exists)` for the cluster-wide object `name` of kind `K`
+/// (its metadata only: nothing else of it is read).
+async fn exists<K>(client: &kube::Client, name: &str) -> (String, Result<bool, Failure>)
+where
+    K: Resource<DynamicType = (), Scope = ClusterResourceScope> + Clone + DeserializeOwned + Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let found = with_timeout(api.get_metadata_opt(name)).await;
+    (
+        format!("{}/{name}", K::plural(&())),
+        found.map(|m| m.is_some()),
+    )
+}
+
+/// Whether `policy`'s objects are installed, from what was found of each (`"<plural>/<name>"`,
+/// exists).
+pub(super) fn policy_report(objects: &[(String, Result<bool, Failure>)]) -> PolicyReport {
     let (mut present, mut missing, mut failed) = (Vec::new(), Vec::new(), Vec::new());
-    for (resource, name) in objects {
-        let path = format!("/apis/admissionregistration.k8s.io/v1/{resource}/{name}");
-        let what = format!("{resource}/{name}");
-        match probe::get(client, &path).await {
-            Ok(_) => present.push(what),
-            Err(Failure::Api { code: 404, .. }) => missing.push(what),
+    for (what, found) in objects {
+        match found {
+            Ok(true) => present.push(what.as_str()),
+            Ok(false) => missing.push(what.as_str()),
             Err(e) => failed.push(format!("{what}: {e}")),
         }
     }

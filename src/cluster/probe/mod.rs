@@ -246,7 +246,9 @@ pub async fn probe_round(client: &kube::Client, namespace: &str) -> Round {
     }
 }
 
-async fn with_timeout<T>(
+/// `f` under [`REQUEST_TIMEOUT`], its error reduced to a [`Failure`] (also `check`'s typed
+/// requests).
+pub(crate) async fn with_timeout<T>(
     f: impl std::future::Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, Failure> {
     match tokio::time::timeout(REQUEST_TIMEOUT, f).await {

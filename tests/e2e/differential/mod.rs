@@ -284,6 +284,17 @@ fn policy_and_webhook_store_the_same_jobsets() {
         ..ClusterOptions::default()
     });
     let c = &cluster;
+    // Without a controller manager nothing makes the `default` ServiceAccount, and the
+    // webhook's dry-run Pod probe (in `default`) is then refused: the capability would stay
+    // unknown and the webhook default to Restart (README: Opting in), where the policy,
+    // which cannot probe, defaults to RestartAllContainers. With it the probe answers, as in
+    // a real cluster.
+    c.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: default, namespace: default}\n",
+        ),
+    );
     let all: Vec<Engines<'_>> = CONFIGS
         .iter()
         .enumerate()

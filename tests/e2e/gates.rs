@@ -70,9 +70,10 @@ fn container_restart_rules_off_silently_drops_the_rules_from_jobs_and_pods() {
     );
     assert_eq!(pod["restartPolicy"], "Never");
     assert_eq!(pod["containers"][0]["restartPolicy"], "Never");
+    // Offline the default action is Restart (the cluster's support is unknown).
     assert_eq!(
         pod["containers"][0]["restartPolicyRules"],
-        any_failure_rules("RestartAllContainers"),
+        any_failure_rules("Restart"),
         "the JobSet (a CRD) keeps the rules: {stored:#}"
     );
 
@@ -101,8 +102,8 @@ fn container_restart_rules_off_silently_drops_the_rules_from_jobs_and_pods() {
     assert!(failures.is_empty(), "silently: {failures:?}");
 }
 
-/// Only `RestartAllContainersOnContainerExits=false`: a JobSet with the default action
-/// (`RestartAllContainers`) is stored, but the API server rejects its child Jobs, which the
+/// Only `RestartAllContainersOnContainerExits=false`: a JobSet asking for
+/// `RestartAllContainers` is stored (by an offline webhook, which cannot know), but the API server rejects its child Jobs, which the
 /// JobSet controller reports as `JobCreationFailed` events (and keeps retrying); with
 /// `restart.jobset.dev/action: Restart` the Jobs and Pods are created with the rules.
 #[test]
@@ -121,8 +122,18 @@ fn restart_all_containers_off_rejects_the_child_jobs_of_the_default_action() {
     let ns = c.namespace("restart-all-off", &[]);
     webhook.register(&c, None, &ns);
 
-    // Default action: RestartAllContainers.
-    create_ok(&c, &ns, &training_jobset("all", &[OPTED_IN]));
+    // RestartAllContainers, asked for explicitly (offline the default is Restart).
+    create_ok(
+        &c,
+        &ns,
+        &training_jobset(
+            "all",
+            &[
+                OPTED_IN,
+                ("restart.jobset.dev/action", "RestartAllContainers"),
+            ],
+        ),
+    );
     let stored = c.jobset(&ns, "all");
     assert_eq!(
         at(

@@ -233,9 +233,24 @@ fn check_unchanged(
     }
 }
 
-/// The offline preview with the config the shared webhook runs with.
+/// The offline preview with the config the shared webhook runs with, plus what the shared
+/// webhook learns from its cluster: the API server accepts `RestartAllContainers` and no node
+/// says otherwise, so the default action is `RestartAllContainers` there (offline, where that
+/// is unknown, the preview would default to `Restart`: docs/configuration.md).
 fn preview(input: &Value) -> Value {
-    let config = repo_root().join("tests/fixtures/config.yaml");
+    let fixture = repo_root().join("tests/fixtures/config.yaml");
+    let text = std::fs::read_to_string(&fixture).expect("reading tests/fixtures/config.yaml");
+    let text = text.replacen(
+        "defaults:\n",
+        "defaults:\n  action: RestartAllContainers\n",
+        1,
+    );
+    assert!(text.contains("  action: RestartAllContainers"), "{text}");
+    let config = std::env::temp_dir().join(format!(
+        "jrw-e2e-preview-config-{}.yaml",
+        std::process::id()
+    ));
+    std::fs::write(&config, text).expect("writing the preview config");
     mutate_preview(
         input,
         &["-o", "json", "--config", &config.display().to_string()],

@@ -156,6 +156,14 @@ impl Cluster {
         cluster.phase("JobSet CRD", Cluster::install_crd);
         if cluster.opts.controller_manager {
             cluster.phase("kube-controller-manager", Cluster::start_controller_manager);
+        } else {
+            // Without a controller manager nothing makes the `default` ServiceAccount, which
+            // the webhook's capability probe (dry-run Pods in `default`) needs: refused, the
+            // capability stays unknown and the default action `Restart` (README: Opting in).
+            cluster.kubectl_ok(
+                &["apply", "-f", "-"],
+                Some("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: default, namespace: default}\n"),
+            );
         }
         if cluster.opts.jobset_controller {
             cluster.phase("jobset-controller", Cluster::start_jobset_controller);

@@ -301,10 +301,6 @@ fn alerts_and_dashboard_select_series_of_a_real_scrape() {
         ..ClusterOptions::default()
     });
     c.ensure_namespace(WEBHOOK_NAMESPACE);
-    c.kubectl_ok(
-        &["create", "serviceaccount", "default", "-n", "default"],
-        None,
-    );
     add_node(&c, "node-1", "gpu", true, false);
     let webhook = Webhook::start_with_args(
         &c,

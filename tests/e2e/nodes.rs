@@ -149,12 +149,8 @@ fn declared_node_features_decide_the_default_action() {
         ..ClusterOptions::default()
     });
     c.ensure_namespace(WEBHOOK_NAMESPACE);
-    // Without kube-controller-manager nobody creates `default` ServiceAccounts, and the
-    // capability probe's dry-run Pods (in `default`) need one.
-    c.kubectl_ok(
-        &["create", "serviceaccount", "default", "-n", "default"],
-        None,
-    );
+    // Without kube-controller-manager the harness creates the `default` ServiceAccount that
+    // the capability probe's dry-run Pods (in `default`) need (testkit `Cluster::start`).
     let webhook = Webhook::start_registered(&c, WebhookOptions::default());
     let ns = c.namespace("nodes", &[]);
     let mut catch_up = Vec::new();

@@ -284,17 +284,9 @@ fn policy_and_webhook_store_the_same_jobsets() {
         ..ClusterOptions::default()
     });
     let c = &cluster;
-    // Without a controller manager nothing makes the `default` ServiceAccount, and the
-    // webhook's dry-run Pod probe (in `default`) is then refused: the capability would stay
-    // unknown and the webhook default to Restart (README: Opting in), where the policy,
-    // which cannot probe, defaults to RestartAllContainers. With it the probe answers, as in
-    // a real cluster.
-    c.kubectl_ok(
-        &["apply", "-f", "-"],
-        Some(
-            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: default, namespace: default}\n",
-        ),
-    );
+    // The harness gives a cluster without a controller manager the `default` ServiceAccount
+    // (testkit `Cluster::start`), so the webhook's probe answers and its default action is
+    // RestartAllContainers, like the policy's, which cannot probe.
     let all: Vec<Engines<'_>> = CONFIGS
         .iter()
         .enumerate()
@@ -434,7 +426,9 @@ fn policy_and_webhook_store_the_same_jobsets() {
         "expected the samples and fixtures; found {jobsets} JobSets"
     );
     assert!(
-        with_applied >= jobsets * 16 && same_refused >= jobsets * 20,
+        // 15 and not 16 per JobSet: the two synthetic large JobSets are refused by the size
+        // bounds (replicated jobs, containers) in most combinations.
+        with_applied >= jobsets * 15 && same_refused >= jobsets * 20,
         "too few mutated ({with_applied}) or refused ({same_refused}) JobSets for {jobsets} \
          JobSets: the combinations did not take effect"
     );

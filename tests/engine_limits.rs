@@ -177,7 +177,7 @@ fn nodes(n: usize) -> ClusterFacts {
 
 /// Replicated jobs with distinct `nodeSelector`s against 5,000 nodes: each distinct selector
 /// costs a pass over the nodes. 10,000 of them (5 s of passes before) are refused by the
-/// bound on replicated jobs before any pass; at the bound, 256 passes.
+/// bound on replicated jobs before any pass; at the bound, 128 passes.
 #[test]
 fn distinct_node_selectors_against_5000_nodes() {
     let config = Config::default();
@@ -197,13 +197,13 @@ fn distinct_node_selectors_against_5000_nodes() {
         Some(too_many_replicated_jobs(10_000))
     );
 
-    let js = jobset(enabled, 256, spec);
+    let js = jobset(enabled, 128, spec);
     let raw = js.to_string();
     let (out, secs) = cpu(|| mutate_jobset(&raw, &env(&config, facts.clone())));
-    report("256 selectors x 5,000 nodes", secs, raw.len(), &out);
+    report("128 selectors x 5,000 nodes", secs, raw.len(), &out);
     let m = out.unwrap_or_else(|d| panic!("{d}"));
     // Half the pools declare the feature: RestartAllContainers there, Restart elsewhere.
-    assert_eq!(m.patch.len(), 3 * 256 + 1);
+    assert_eq!(m.patch.len(), 3 * 128 + 1);
     let summary = m.summary.unwrap_or_default();
     assert!(
         summary.starts_with("r0/main=RestartAllContainers:NotIn(0), r1/main=Restart:NotIn(0)"),

@@ -22,8 +22,14 @@ fn one(file: &str) -> Value {
 
 /// The CEL of the updates webhook's matchCondition: only JobSets whose stored object carries
 /// our record, and not while they are being deleted (docs/operations.md "While the webhook is down").
-const UPDATE_CONDITION: &str = "has(oldObject.metadata.annotations) && \
-     'restart.jobset.dev/applied' in oldObject.metadata.annotations && \
+const UPDATE_CONDITION: &str = "((has(oldObject.metadata.annotations) && \
+     'restart.jobset.dev/applied' in oldObject.metadata.annotations) || \
+     (has(object.metadata.annotations) && \
+     object.metadata.annotations.exists(k, k.startsWith('restart.jobset.dev/'))) || \
+     (has(object.spec) && has(object.spec.replicatedJobs) && \
+     object.spec.replicatedJobs.exists(rj, has(rj.template) && has(rj.template.metadata) && \
+     has(rj.template.metadata.annotations) && \
+     rj.template.metadata.annotations.exists(k, k.startsWith('restart.jobset.dev/'))))) && \
      !has(object.metadata.deletionTimestamp)";
 
 fn collapse(cel: &Value) -> String {

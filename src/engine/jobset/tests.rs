@@ -261,7 +261,7 @@ fn replicated_jobs_over_the_bound_are_refused_before_any_is_planned() {
         d,
         Some(Denial {
             reason: DenialReason::Invalid,
-            message: "in-place restart would apply to more than 256 of this JobSet's 400 \
+            message: "in-place restart would apply to more than 128 of this JobSet's 400 \
                       replicated jobs, more than the webhook reviews in one JobSet; select the \
                       replicated jobs that need it with restart.jobset.dev/replicated-jobs \
                       (replicated job names) or their own restart.jobset.dev/in-place"

@@ -212,7 +212,10 @@ fn the_binary_runs_from_the_image_as_its_user() {
         .arg(root.path())
         .arg(format!("/{BINARY}"))
         .arg("--version")
+        // Nothing of the host's environment reaches the binary; PATH stays only so that
+        // `chroot` itself is found (it lives in /usr/sbin on Debian).
         .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .output()
         .expect("running chroot (coreutils)");
     assert!(

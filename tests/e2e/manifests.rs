@@ -246,13 +246,15 @@ fn preview(input: &Value) -> Value {
         1,
     );
     assert!(text.contains("  action: RestartAllContainers"), "{text}");
-    let config = std::env::temp_dir().join(format!(
-        "jrw-e2e-preview-config-{}.yaml",
-        std::process::id()
-    ));
-    std::fs::write(&config, text).expect("writing the preview config");
+    let config = tempfile::NamedTempFile::new().expect("a temporary preview config");
+    std::fs::write(config.path(), text).expect("writing the preview config");
     mutate_preview(
         input,
-        &["-o", "json", "--config", &config.display().to_string()],
+        &[
+            "-o",
+            "json",
+            "--config",
+            &config.path().display().to_string(),
+        ],
     )
 }

@@ -17,13 +17,14 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::addons::module_bin;
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::nodes::add_node;
-use crate::util::{TestTimer, load_yaml, repo_root, report_time, wait_for};
+use crate::util::{TestTimer, load_yaml, repo_root, wait_for};
 use crate::webhook::{Webhook, WebhookOptions};
 use crate::{WEBHOOK_NAMESPACE, create, training_jobset};
 
@@ -38,27 +39,12 @@ const RANGE: &str = "5m";
 const SETTLE: Duration = Duration::from_secs(60);
 
 /// The folder with `promrules` and `scrapecheck`, from `tests/cluster/build.sh --module
-/// promtool` (cached in `.cache/promtool/`). Panics with build.sh's output when it fails: the
-/// tests never skip.
+/// promtool` (cached in `.cache/promtool/`; built once per test process by
+/// [`module_bin`]). Panics with build.sh's output when it fails: the tests never skip.
 fn tools() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let start = Instant::now();
-        let script = repo_root().join("tests/cluster/build.sh");
-        let out = Command::new(&script)
-            .args(["--module", "promtool"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && !stdout.trim().is_empty(),
-            "the monitoring tests need promrules and scrapecheck: `tests/cluster/build.sh --module promtool` \
-             failed ({}). It needs Go >= 1.26 and the Go module proxy. Its output:\n{}{stdout}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dir = PathBuf::from(stdout.trim());
+        let dir = module_bin("promtool");
         for tool in ["promrules", "scrapecheck"] {
             assert!(
                 dir.join(tool).is_file(),
@@ -66,7 +52,6 @@ fn tools() -> &'static Path {
                 dir.display()
             );
         }
-        report_time("promrules and scrapecheck (build.sh --module promtool)", start.elapsed());
         dir
     })
 }
